@@ -1,0 +1,90 @@
+/* Text utilities shared by the plan engine and the connectors: UTF-8 checks, HTML to text,
+ * the description format, and per-platform length counting. */
+#ifndef CALPOST_TEXT_H
+#define CALPOST_TEXT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "calpost/post.h"
+
+/* Checks that s[0..len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
+ * Returns 0 if valid; otherwise CP_EUTF8 and, if bad_off is not NULL, the byte offset of the
+ * first invalid sequence in *bad_off. */
+int cp_utf8_check(const char *s, size_t len, size_t *bad_off);
+
+/* True if s looks like HTML markup (Google Calendar descriptions, Outlook X-ALT-DESC):
+ * contains a tag such as <br>, <a ...>, <b>, <p>, <div>, <span>, <html>, or an entity. */
+bool cp_text_looks_like_html(const char *s);
+
+/* Converts HTML to clean plain text with libxml2's HTML parser: <br> and block ends become
+ * newlines, entities are decoded, <head>/<style>/<script> are dropped, links are kept: an
+ * <a href=U>T</a> becomes U when T is U (or U without scheme), otherwise "T (U)"; Google's
+ * redirect links (https://www.google.com/url?q=U&...) are unwrapped to U. Runs of blank lines
+ * collapse to one, trailing spaces are trimmed. Returns a malloc'd string or NULL on ENOMEM. */
+char *cp_text_from_html(const char *html);
+
+/* A per-channel variant of the text. */
+struct cp_desc_variant {
+  char *channel;
+  char *text;
+};
+
+/* A problem found in a description, with its line relative to the description (1-based). */
+struct cp_desc_diag {
+  int line;
+  bool error; /* false: warning */
+  char *msg;
+};
+
+/* A parsed description (see README.md, "The description format"). */
+struct cp_desc {
+  char *body; /* the text before any [section]; trimmed */
+  struct cp_desc_variant *variants;
+  size_t n_variants;
+  char **channels; /* from "channels = a, b" in [calpost]; NULL if not given */
+  size_t n_channels;
+  struct cp_media *media; /* from "media = SRC | ALT" lines, in order */
+  size_t n_media;
+  int draft;    /* -1 unset, 0 no, 1 yes */
+  int thread;   /* -1 unset, 0 no, 1 yes */
+  int numbered; /* -1 unset, 0 no, 1 yes */
+  char *campaign; /* NULL if unset */
+  struct cp_desc_diag *diags;
+  size_t n_diags;
+};
+
+/* Parses plain text (already converted from HTML if needed) in the description format.
+ * On success returns 0 and a new cp_desc in *out (free with cp_desc_free). Problems in the
+ * text are reported as diags, not as a failure. Returns CP_ENOMEM on allocation failure. */
+int cp_desc_parse(const char *text, struct cp_desc **out);
+void cp_desc_free(struct cp_desc *d);
+
+/* Counting, each as the platform counts (see README.md and CONNECTORS-NOTES). Input is
+ * valid UTF-8. */
+size_t cp_text_codepoints(const char *s);
+size_t cp_text_graphemes(const char *s); /* extended grapheme clusters (utf8proc) */
+/* Mastodon: graphemes, each http(s) URL counts url_len (23), "@user@domain" counts "@user". */
+size_t cp_text_mastodon_len(const char *s, size_t url_len);
+/* X: twitter-text v3 weighted length after NFC (URLs 23, emoji 2, CJK 2), in characters
+ * (weight / 100). */
+size_t cp_text_x_len(const char *s);
+
+/* The text limit of a channel type, as the platform counts it. */
+struct cp_text_limit {
+  const char *type;  /* "mastodon", "bluesky", "x", "linkedin", ... */
+  size_t max;        /* 0: no limit */
+  const char *unit;  /* "characters", "graphemes", "weighted characters" */
+};
+
+/* Measures text for a channel type: sets *count (in the platform's unit) and *lim.
+ * Returns true if the text fits (or the type has no limit). max_override > 0 replaces the
+ * default maximum (Mastodon instances with a longer limit). */
+bool cp_text_fits(const char *type, const char *text, size_t max_override, size_t *count,
+                  struct cp_text_limit *lim);
+
+/* Finds the next http:// or https:// URL at or after s; returns its start and sets *len,
+ * or NULL. Trailing punctuation (.,;:!?) and an unbalanced closing bracket are not part of it. */
+const char *cp_text_find_url(const char *s, size_t *len);
+
+#endif

@@ -1,0 +1,43 @@
+/* calpost: turns an editorial calendar into posts. main() dispatches git-style subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct command {
+  const char *name;
+  int (*fn)(int argc, char **argv);
+  const char *summary;
+};
+
+static const struct command commands[] = {
+    {"plan", cp_cli_plan, "show the agenda of upcoming posts"},
+    {"check", cp_cli_check, "lint plan files like a compiler"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: calpost [--version] [--help] COMMAND [ARGS]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\n'calpost COMMAND --help' shows the options of a command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("calpost %s\n", CALPOST_VERSION);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (!strcmp(argv[1], commands[i].name))
+      return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "calpost: '%s' is not a command; see 'calpost --help'\n", argv[1]);
+  return 2;
+}
