@@ -27,7 +27,7 @@ enum cp_errno {
 #define CP__ERR_ENUM(name, msg) CP_E##name,
   CP_ERRNO_MAP(CP__ERR_ENUM)
 #undef CP__ERR_ENUM
-  CP__ELAST
+      CP__ELAST
 };
 
 /* Human-readable message for err (a CP_E* code or -errno). Never NULL; static storage. */

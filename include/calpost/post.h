@@ -29,17 +29,17 @@ struct cp_post {
   const char *uid;
   const char *occurrence; /* "single", or the original start: "20240102T090000Z" / "20240102" */
   const char *channel;
-  int64_t due;         /* Unix seconds, UTC */
-  int utc_offset;      /* seconds east of UTC at the due time in the event's zone */
-  const char *tzid;    /* IANA name of the event's zone, "UTC" or a custom VTIMEZONE's TZID */
-  bool all_day;        /* the event was an all-day event (published at the configured time) */
+  int64_t due;      /* Unix seconds, UTC */
+  int utc_offset;   /* seconds east of UTC at the due time in the event's zone */
+  const char *tzid; /* IANA name of the event's zone, "UTC" or a custom VTIMEZONE's TZID */
+  bool all_day;     /* the event was an all-day event (published at the configured time) */
   enum cp_post_state state;
-  const char *title;   /* SUMMARY, may be "" */
-  const char *text;    /* the body for this channel (variant if one exists) */
+  const char *title; /* SUMMARY, may be "" */
+  const char *text;  /* the body for this channel (variant if one exists) */
   const struct cp_media *media;
   size_t n_media;
-  bool thread;   /* split over-long text into a reply chain */
-  bool numbered; /* number the parts of a thread */
+  bool thread;          /* split over-long text into a reply chain */
+  bool numbered;        /* number the parts of a thread */
   const char *campaign; /* may be NULL */
   const char *file;     /* plan file and line of the VEVENT that produced this post */
   int line;

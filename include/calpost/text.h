@@ -46,9 +46,9 @@ struct cp_desc {
   size_t n_channels;
   struct cp_media *media; /* from "media = SRC | ALT" lines, in order */
   size_t n_media;
-  int draft;    /* -1 unset, 0 no, 1 yes */
-  int thread;   /* -1 unset, 0 no, 1 yes */
-  int numbered; /* -1 unset, 0 no, 1 yes */
+  int draft;      /* -1 unset, 0 no, 1 yes */
+  int thread;     /* -1 unset, 0 no, 1 yes */
+  int numbered;   /* -1 unset, 0 no, 1 yes */
   char *campaign; /* NULL if unset */
   struct cp_desc_diag *diags;
   size_t n_diags;
@@ -56,35 +56,48 @@ struct cp_desc {
 
 /* Parses plain text (already converted from HTML if needed) in the description format.
  * On success returns 0 and a new cp_desc in *out (free with cp_desc_free). Problems in the
- * text are reported as diags, not as a failure. Returns CP_ENOMEM on allocation failure. */
+ * text are reported as diags, not as a failure. Returns CP_ENOMEM on allocation failure.
+ * Settings lines are read with inih, one line at a time: lines starting with ';' or '#' are
+ * comments, and so is the rest of a line after " ;" (a ';' after white space), so write
+ * "Alt; more" rather than "Alt ; more" in alt text. An indented line is a line of its own, not
+ * a continuation. Repeated settings: media adds, channels adds (without duplicates), the others
+ * keep the last value. */
 int cp_desc_parse(const char *text, struct cp_desc **out);
 void cp_desc_free(struct cp_desc *d);
 
 /* Counting, each as the platform counts (see README.md and CONNECTORS-NOTES). Input is
  * valid UTF-8. */
 size_t cp_text_codepoints(const char *s);
+size_t cp_text_utf16_len(const char *s); /* UTF-16 code units (Telegram, JavaScript) */
 size_t cp_text_graphemes(const char *s); /* extended grapheme clusters (utf8proc) */
 /* Mastodon: graphemes, each http(s) URL counts url_len (23), "@user@domain" counts "@user". */
 size_t cp_text_mastodon_len(const char *s, size_t url_len);
 /* X: twitter-text v3 weighted length after NFC (URLs 23, emoji 2, CJK 2), in characters
- * (weight / 100). */
+ * (weight / 100). Unlike twitter-text, a bare domain ("example.com") counts its characters, not
+ * 23. */
 size_t cp_text_x_len(const char *s);
 
 /* The text limit of a channel type, as the platform counts it. */
 struct cp_text_limit {
-  const char *type;  /* "mastodon", "bluesky", "x", "linkedin", ... */
-  size_t max;        /* 0: no limit */
-  const char *unit;  /* "characters", "graphemes", "weighted characters" */
+  const char *type; /* "mastodon", "bluesky", "x", "linkedin", ... */
+  size_t max;       /* 0: no limit */
+  const char *unit; /* "characters", "graphemes", "weighted characters" */
 };
 
 /* Measures text for a channel type: sets *count (in the platform's unit) and *lim.
  * Returns true if the text fits (or the type has no limit). max_override > 0 replaces the
- * default maximum (Mastodon instances with a longer limit). */
+ * default maximum (Mastodon instances with a longer limit). Bluesky also allows at most 3000
+ * UTF-8 bytes: when that is what the text breaks, *count is in bytes and lim->unit is "bytes".
+ * For a type without a limit, lim->type is the (borrowed) type passed in and *count is in code
+ * points. */
 bool cp_text_fits(const char *type, const char *text, size_t max_override, size_t *count,
                   struct cp_text_limit *lim);
 
 /* Finds the next http:// or https:// URL at or after s; returns its start and sets *len,
- * or NULL. Trailing punctuation (.,;:!?) and an unbalanced closing bracket are not part of it. */
+ * or NULL. Trailing punctuation (.,;:!?'"*) and an unbalanced closing bracket are not part of
+ * it. A URL ends at white space, at <>"{}\^` and at characters twitter-text does not accept in a
+ * URL (in the path: anything but ASCII, Latin letters and Cyrillic). Bare domains
+ * ("example.com") are not found. */
 const char *cp_text_find_url(const char *s, size_t *len);
 
 #endif

@@ -1,0 +1,55 @@
+/* The plan engine: reads iCalendar plans and expands them into posts (see README.md, "The plan
+ * model"). It corrects libical 3.0.16's known mistakes (ICS-NOTES) and reports bad input with
+ * file, line and field. */
+#ifndef CALPOST_PLAN_H
+#define CALPOST_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "calpost/post.h"
+#include "config.h"
+
+struct cp_diag {
+  char *file;
+  int line; /* 0 when the problem concerns the whole file */
+  bool error;
+  char *msg;
+};
+
+struct cp_plan_opts {
+  const struct cp_config *cfg;
+  int64_t from, to; /* the window [from, to), Unix seconds */
+  int64_t now;      /* for `check`: posts before now are in the past */
+  bool check;       /* also run the checks of `calpost check` (limits, media, past, bounds) */
+  const char *const *files; /* if n_files > 0: these files/folders instead of the config's */
+  size_t n_files;
+  const char *timezone; /* overrides the config's plan zone when not NULL */
+};
+
+struct cp_plan {
+  struct cp_post *posts; /* sorted by due, calendar, uid, channel */
+  size_t n_posts;
+  struct cp_diag *diags; /* in file order */
+  size_t n_diags;
+  size_t n_errors;
+  size_t n_warnings;
+  struct cp__plan_priv *priv;
+};
+
+/* Loads and expands the plan. Returns 0 and a new plan in *out even when the input has errors
+ * (they are in diags; events with errors make no posts). Returns CP_ENOMEM or CP_ETZ (the plan
+ * zone itself is unknown) on failure, with *out NULL. */
+int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out);
+void cp_plan_free(struct cp_plan *plan);
+
+/* Formats a Unix time as "YYYY-MM-DDTHH:MM:SSZ" (utc_offset 0) or with "+HH:MM" into buf
+ * (at least 26 bytes). */
+void cp_plan_format_time(int64_t t, int utc_offset, char *buf, size_t len);
+
+/* Parses "now", "YYYY-MM-DD" (midnight in zone) or an ISO 8601 date-time with Z or an offset.
+ * Returns 0 or CP_EINVAL. */
+int cp_plan_parse_time(const char *s, const char *zone, int64_t now, int64_t *out);
+
+#endif
