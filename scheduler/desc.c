@@ -46,27 +46,32 @@ static bool is_name_char(char c, bool first) {
   return alnum || (!first && (c == '_' || c == '.' || c == '-'));
 }
 
-/* Appends one element of `size` bytes to *arr (holding *n); false on ENOMEM. */
-static bool push(void *arr, size_t *n, size_t size, const void *elem) {
-  void **a = arr;
-  void *p = realloc(*a, (*n + 1) * size);
-  if (!p)
-    return false;
-  memcpy((char *)p + *n * size, elem, size);
-  *a = p;
-  (*n)++;
-  return true;
-}
+/* Appends elem to the array arr holding n elements; sets ok to false on ENOMEM, leaving the
+ * array as it was. */
+#define APPEND(arr, n, elem, ok)                                                                   \
+  do {                                                                                             \
+    void *nv_ = realloc((arr), ((n) + 1) * sizeof *(arr));                                         \
+    (ok) = nv_ != NULL;                                                                            \
+    if (nv_) {                                                                                     \
+      (arr) = nv_;                                                                                 \
+      (arr)[(n)++] = (elem);                                                                       \
+    }                                                                                              \
+  } while (0)
 
-__attribute__((format(printf, 4, 5))) static void diag(struct parser *P, int line, bool error,
-                                                       const char *fmt, ...) {
+static void diag(struct parser *P, int line, bool error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void diag(struct parser *P, int line, bool error, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   char *msg = NULL;
   int r = vasprintf(&msg, fmt, ap);
   va_end(ap);
   struct cp_desc_diag dg = {.line = line, .error = error, .msg = msg};
-  if (r < 0 || !push(&P->d->diags, &P->d->n_diags, sizeof dg, &dg)) {
+  bool ok = r >= 0;
+  if (ok)
+    APPEND(P->d->diags, P->d->n_diags, dg, ok);
+  if (!ok) {
     if (r >= 0)
       free(msg);
     P->oom = true;
@@ -141,7 +146,10 @@ static void set_channels(struct parser *P, const char *v) {
         dup = strlen(d->channels[i]) == n && strncasecmp(d->channels[i], p, n) == 0;
       if (!dup) {
         char *ch = strndup(p, n);
-        if (!ch || !push(&d->channels, &d->n_channels, sizeof ch, &ch)) {
+        bool ok = ch != NULL;
+        if (ok)
+          APPEND(d->channels, d->n_channels, ch, ok);
+        if (!ok) {
           free(ch);
           P->oom = true;
           return;
@@ -180,7 +188,10 @@ static void add_media(struct parser *P, const char *v) {
       m.src = NULL;
     }
   }
-  if (!m.src || !push(&P->d->media, &P->d->n_media, sizeof m, &m)) {
+  bool ok = m.src != NULL;
+  if (ok)
+    APPEND(P->d->media, P->d->n_media, m, ok);
+  if (!ok) {
     free(m.src);
     free(m.alt);
     P->oom = true;
@@ -304,13 +315,14 @@ static void settings_line(struct parser *P, int lineno, const char *p, const cha
 
 enum section { SEC_BODY, SEC_SETTINGS, SEC_VARIANT, SEC_SKIP };
 
-static void close_section(struct parser *P, enum section sec, const char *start,
-                          const char *end, char *name, int header_line) {
+static void close_section(struct parser *P, enum section sec, const char *start, const char *end,
+                          char *name, int header_line) {
   if (sec == SEC_BODY) {
     P->d->body = copy_trimmed(start, (size_t)(end - start));
     P->oom |= !P->d->body;
   } else if (sec == SEC_VARIANT) {
-    struct cp_desc_variant v = {.channel = name, .text = copy_trimmed(start, (size_t)(end - start))};
+    struct cp_desc_variant v = {.channel = name,
+                                .text = copy_trimmed(start, (size_t)(end - start))};
     if (!v.text) {
       P->oom = true;
     } else if (!*v.text) {
@@ -318,9 +330,11 @@ static void close_section(struct parser *P, enum section sec, const char *start,
            "Empty text for channel '%s': write the post below [%s], or delete that line.", name,
            name);
       free(v.text);
-    } else if (push(&P->d->variants, &P->d->n_variants, sizeof v, &v)) {
-      return; /* the variant owns the name now */
     } else {
+      bool ok;
+      APPEND(P->d->variants, P->d->n_variants, v, ok);
+      if (ok)
+        return; /* the variant owns the name now */
       free(v.text);
       P->oom = true;
     }
@@ -349,7 +363,10 @@ static enum section open_section(struct parser *P, char *name, int lineno, bool 
     }
   }
   char *copy = strdup(name);
-  if (!copy || !push(&P->seen, &P->n_seen, sizeof copy, &copy)) {
+  bool ok = copy != NULL;
+  if (ok)
+    APPEND(P->seen, P->n_seen, copy, ok);
+  if (!ok) {
     free(copy);
     P->oom = true;
   }

@@ -2,6 +2,7 @@
  * this file only walks the tree and decides where lines break, roughly as a browser shows it. */
 #include "calpost/text.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -12,15 +13,14 @@
 /* --- Detection --------------------------------------------------------------------------- */
 
 static const char *const html_tags[] = {
-    "a",     "b",     "i",    "u",    "p",    "br",  "div",  "span", "html", "body",
-    "head",  "ul",    "ol",   "li",   "strong", "em", "h1",  "h2",   "h3",   "h4",
-    "h5",    "h6",    "table", "tr",  "td",   "th",  "font", "img",  "hr",   "blockquote",
-    "pre",   "!doctype",
+    "a",     "b",  "i",  "u",      "p",    "br",  "div", "span",       "html", "body",     "head",
+    "ul",    "ol", "li", "strong", "em",   "h1",  "h2",  "h3",         "h4",   "h5",       "h6",
+    "table", "tr", "td", "th",     "font", "img", "hr",  "blockquote", "pre",  "!doctype",
 };
 
 static const char *const html_entities[] = {
-    "amp", "nbsp", "lt", "gt", "quot", "apos", "ndash", "mdash", "hellip", "rsquo", "lsquo",
-    "rdquo", "ldquo", "eacute", "euro", "copy",
+    "amp",    "nbsp",  "lt",    "gt",    "quot",  "apos",   "ndash", "mdash",
+    "hellip", "rsquo", "lsquo", "rdquo", "ldquo", "eacute", "euro",  "copy",
 };
 
 static bool is_alpha(char c) {
@@ -142,11 +142,11 @@ static void buf_add(struct buf *b, const char *s, size_t n) {
 
 struct conv {
   struct buf out;
-  int pending;         /* line breaks owed before the next text: 1 ends a line, 2 a paragraph */
-  char prefix[48];     /* a list marker, written just before the item's first text */
-  bool keep_newlines;  /* a fragment: Google Calendar shows newlines in text as line breaks */
-  bool real_p;         /* the source has <p> (libxml2 implies one around leading text) */
-  int pre;             /* inside <pre> */
+  int pending;        /* line breaks owed before the next text: 1 ends a line, 2 a paragraph */
+  char prefix[48];    /* a list marker, written just before the item's first text */
+  bool keep_newlines; /* a fragment: Google Calendar shows newlines in text as line breaks */
+  bool real_p;        /* the source has <p> (libxml2 implies one around leading text) */
+  int pre;            /* inside <pre> */
   int list_depth;
   bool list_ordered;
   long list_counter;
@@ -228,18 +228,54 @@ static const struct {
   const char *name;
   enum kind kind;
 } kinds[] = {
-    {"head", K_SKIP},     {"style", K_SKIP},     {"script", K_SKIP},   {"title", K_SKIP},
-    {"meta", K_SKIP},     {"link", K_SKIP},      {"noscript", K_SKIP}, {"template", K_SKIP},
-    {"xml", K_SKIP},      {"object", K_SKIP},    {"iframe", K_SKIP},   {"svg", K_SKIP},
-    {"br", K_BR},         {"p", K_P},            {"div", K_BLOCK},     {"tr", K_BLOCK},
-    {"table", K_BLOCK},   {"hr", K_BLOCK},       {"dl", K_BLOCK},      {"dt", K_BLOCK},
-    {"dd", K_BLOCK},      {"section", K_BLOCK},  {"article", K_BLOCK}, {"header", K_BLOCK},
-    {"footer", K_BLOCK},  {"nav", K_BLOCK},      {"aside", K_BLOCK},   {"main", K_BLOCK},
-    {"address", K_BLOCK}, {"figure", K_BLOCK},   {"figcaption", K_BLOCK}, {"form", K_BLOCK},
-    {"center", K_BLOCK},  {"fieldset", K_BLOCK}, {"caption", K_BLOCK}, {"h1", K_PARA},
-    {"h2", K_PARA},       {"h3", K_PARA},        {"h4", K_PARA},       {"h5", K_PARA},
-    {"h6", K_PARA},       {"blockquote", K_PARA}, {"ul", K_LIST},      {"ol", K_LIST},
-    {"li", K_LI},         {"td", K_CELL},        {"th", K_CELL},       {"a", K_A},
+    {"head", K_SKIP},
+    {"style", K_SKIP},
+    {"script", K_SKIP},
+    {"title", K_SKIP},
+    {"meta", K_SKIP},
+    {"link", K_SKIP},
+    {"noscript", K_SKIP},
+    {"template", K_SKIP},
+    {"xml", K_SKIP},
+    {"object", K_SKIP},
+    {"iframe", K_SKIP},
+    {"svg", K_SKIP},
+    {"br", K_BR},
+    {"p", K_P},
+    {"div", K_BLOCK},
+    {"tr", K_BLOCK},
+    {"table", K_BLOCK},
+    {"hr", K_BLOCK},
+    {"dl", K_BLOCK},
+    {"dt", K_BLOCK},
+    {"dd", K_BLOCK},
+    {"section", K_BLOCK},
+    {"article", K_BLOCK},
+    {"header", K_BLOCK},
+    {"footer", K_BLOCK},
+    {"nav", K_BLOCK},
+    {"aside", K_BLOCK},
+    {"main", K_BLOCK},
+    {"address", K_BLOCK},
+    {"figure", K_BLOCK},
+    {"figcaption", K_BLOCK},
+    {"form", K_BLOCK},
+    {"center", K_BLOCK},
+    {"fieldset", K_BLOCK},
+    {"caption", K_BLOCK},
+    {"h1", K_PARA},
+    {"h2", K_PARA},
+    {"h3", K_PARA},
+    {"h4", K_PARA},
+    {"h5", K_PARA},
+    {"h6", K_PARA},
+    {"blockquote", K_PARA},
+    {"ul", K_LIST},
+    {"ol", K_LIST},
+    {"li", K_LI},
+    {"td", K_CELL},
+    {"th", K_CELL},
+    {"a", K_A},
     {"pre", K_PRE},
 };
 
@@ -611,8 +647,8 @@ char *cp_text_from_html(const char *html) {
     return strdup(html);
 
   struct conv c = {0};
-  c.keep_newlines = !strcasestr(html, "<html") && !strcasestr(html, "<body") &&
-                    !strcasestr(html, "<!doctype");
+  c.keep_newlines =
+      !strcasestr(html, "<html") && !strcasestr(html, "<body") && !strcasestr(html, "<!doctype");
   c.real_p = has_real_p(html);
   walk(&c, xmlDocGetRootElement(doc), 0);
   xmlFreeDoc(doc);

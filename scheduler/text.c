@@ -140,8 +140,8 @@ static bool is_letter_mark_number(utf8proc_int32_t cp) {
 
 /* Non-ASCII characters twitter-text accepts in a URL path: Latin accents, Cyrillic, en dash. */
 static bool is_path_letter(utf8proc_int32_t cp) {
-  return (cp >= 0xC0 && cp <= 0x24F && cp != 0xD7 && cp != 0xF7) ||
-         (cp >= 0x400 && cp <= 0x4FF) || cp == 0x2013 || (cp >= 0x1E00 && cp <= 0x1EFF);
+  return (cp >= 0xC0 && cp <= 0x24F && cp != 0xD7 && cp != 0xF7) || (cp >= 0x400 && cp <= 0x4FF) ||
+         cp == 0x2013 || (cp >= 0x1E00 && cp <= 0x1EFF);
 }
 
 static bool is_url_ascii(unsigned char c) {
