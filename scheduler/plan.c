@@ -108,7 +108,9 @@ struct cp__plan_priv {
   size_t cap_posts, cap_diags;
   const struct cp_plan_opts *opts;
   struct cp_tz plan_zone;
-  char *scratch; /* NUL-terminated copy of the chunk being parsed */
+  char *scratch;      /* NUL-terminated copy of the chunk being parsed */
+  EVP_MD_CTX *md_ctx; /* post ids */
+  EVP_MD *sha256;
   size_t scratch_cap;
 };
 
@@ -547,7 +549,74 @@ static bool line_is(const char *s, const char *end, const char *word) {
   return true;
 }
 
-static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len,
+/* The properties of a VEVENT the engine reads; libical is handed only these (and no VALARM),
+ * which saves much of the parsing on real exports full of ATTENDEE, X-MICROSOFT-* and alarms. */
+static bool wanted_property(const char *s, size_t n) {
+  static const char *const keep[] = {"BEGIN",
+                                     "END",
+                                     "UID",
+                                     "SEQUENCE",
+                                     "STATUS",
+                                     "SUMMARY",
+                                     "DESCRIPTION",
+                                     "CATEGORIES",
+                                     "DTSTART",
+                                     "RECURRENCE-ID",
+                                     "RRULE",
+                                     "RDATE",
+                                     "EXDATE",
+                                     "ATTACH",
+                                     "X-ALT-DESC",
+                                     "X-CALPOST-CHANNELS",
+                                     "X-MICROSOFT-CDO-ALLDAYEVENT",
+                                     NULL};
+  for (size_t i = 0; keep[i]; i++)
+    if (strlen(keep[i]) == n && !strncasecmp(s, keep[i], n))
+      return true;
+  return false;
+}
+
+/* Copies the wanted lines of a VEVENT's text to dst (which has room for len + 1 bytes). */
+static void copy_wanted(const char *s, size_t len, char *dst) {
+  const char *end = s + len;
+  char *o = dst;
+  bool keeping = true;
+  int depth = 0; /* 1 inside the VEVENT, more inside a sub-component such as VALARM */
+  while (s < end) {
+    const char *ls = s;
+    while (s < end && *s != '\n' && *s != '\r')
+      s++;
+    if (s < end) {
+      if (*s == '\r' && s + 1 < end && s[1] == '\n')
+        s++;
+      s++;
+    }
+    if (*ls == ' ' || *ls == '\t') { /* a continuation line goes with its property */
+      if (keeping) {
+        memcpy(o, ls, (size_t)(s - ls));
+        o += s - ls;
+      }
+      continue;
+    }
+    size_t nl = 0;
+    while (ls + nl < s && ls[nl] != ';' && ls[nl] != ':' && ls[nl] != '\r' && ls[nl] != '\n')
+      nl++;
+    bool begin = nl == 5 && !strncasecmp(ls, "BEGIN", 5);
+    bool endl = nl == 3 && !strncasecmp(ls, "END", 3);
+    if (begin)
+      depth++;
+    keeping = depth <= 1 && wanted_property(ls, nl);
+    if (endl)
+      depth--;
+    if (keeping) {
+      memcpy(o, ls, (size_t)(s - ls));
+      o += s - ls;
+    }
+  }
+  *o = 0;
+}
+
+static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len, bool filter,
                             icalcomponent **out) {
   if (len + 1 > p->scratch_cap) {
     size_t nc = len + 1 > 65536 ? len + 1 : 65536;
@@ -557,8 +626,12 @@ static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len,
     p->scratch = nb;
     p->scratch_cap = nc;
   }
-  memcpy(p->scratch, s, len);
-  p->scratch[len] = 0;
+  if (filter) {
+    copy_wanted(s, len, p->scratch);
+  } else {
+    memcpy(p->scratch, s, len);
+    p->scratch[len] = 0;
+  }
   icalerror_clear_errno();
   *out = icalparser_parse_string(p->scratch);
   return 0;
@@ -818,7 +891,7 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
     if (comps[i].kind != 2)
       continue;
     icalcomponent *c;
-    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, &c)) < 0)
+    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, false, &c)) < 0)
       break;
     if (!c || icalcomponent_isa(c) != ICAL_VTIMEZONE_COMPONENT) {
       diag(plan, file, comps[i].line, true, "VTIMEZONE: cannot be parsed");
@@ -833,7 +906,7 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
     if (comps[i].kind != 1)
       continue;
     icalcomponent *c;
-    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, &c)) < 0)
+    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, true, &c)) < 0)
       break;
     if (!c || icalcomponent_isa(c) != ICAL_VEVENT_COMPONENT) {
       diag(plan, file, comps[i].line, true, "VEVENT: cannot be parsed; the event is not planned");
@@ -939,10 +1012,10 @@ static int add_channel(struct ev *e, const char *name) {
 
 /* Channels named by the event must exist; unknown ones are errors, not silently dropped. */
 static int add_named_channel(struct cp_plan *plan, struct ev *e, const char *name,
-                             const char *where, int line) {
+                             const char *where, const char *prop) {
   const struct cp_channel_conf *ch = cp_config_channel(plan->priv->opts->cfg, name);
   if (!ch) {
-    diag(plan, e->file, line, true,
+    diag(plan, e->file, prop ? prop_line(e, prop) : e->line, true,
          "unknown channel '%s' (from %s) in event \"%s\": configure [channel %s] or fix the name",
          name, where, e->summary ? e->summary : "", name);
     return 0;
@@ -969,7 +1042,8 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
   free(plain);
   if (rc < 0)
     return rc;
-  int dline = prop_line(e, use_alt ? "X-ALT-DESC" : "DESCRIPTION");
+  const char *dprop = use_alt ? "X-ALT-DESC" : "DESCRIPTION";
+#define dline prop_line(e, dprop)
   for (size_t i = 0; i < e->desc->n_diags; i++)
     diag(plan, e->file, dline, e->desc->diags[i].error, "DESCRIPTION line %d: %s",
          e->desc->diags[i].line, e->desc->diags[i].msg);
@@ -1015,10 +1089,10 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
    * configured channel add to them (Outlook); otherwise the calendar's defaults apply. */
   for (size_t i = 0; i < e->n_xchannels; i++)
     if ((rc = add_named_channel(plan, e, e->xchannels[i], "X-CALPOST-CHANNELS",
-                                prop_line(e, "X-CALPOST-CHANNELS"))) < 0)
+                                "X-CALPOST-CHANNELS")) < 0)
       return rc;
   for (size_t i = 0; i < e->desc->n_channels; i++)
-    if ((rc = add_named_channel(plan, e, e->desc->channels[i], "the description", dline)) < 0)
+    if ((rc = add_named_channel(plan, e, e->desc->channels[i], "the description", dprop)) < 0)
       return rc;
   for (size_t i = 0; i < e->n_cats; i++) {
     const struct cp_channel_conf *ch = cp_config_channel(cfg, e->cats[i]);
@@ -1030,10 +1104,9 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
     const struct cp_calendar_conf *cc = e->cal->conf;
     if (cc && cc->n_channels) {
       for (size_t i = 0; i < cc->n_channels; i++)
-        if ((rc = add_named_channel(plan, e, cc->channels[i], "the calendar's channels", e->line)) <
-            0)
+        if ((rc = add_named_channel(plan, e, cc->channels[i], "the calendar's channels", NULL)) < 0)
           return rc;
-    } else if ((rc = add_named_channel(plan, e, "outbox", "the default channel", e->line)) < 0) {
+    } else if ((rc = add_named_channel(plan, e, "outbox", "the default channel", NULL)) < 0) {
       return rc;
     }
   }
@@ -1044,6 +1117,8 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
            e->desc->variants[i].channel, e->desc->variants[i].channel);
   return 0;
 }
+
+#undef dline
 
 static const char *text_for(const struct ev *e, const char *channel) {
   for (size_t i = 0; i < e->desc->n_variants; i++)
@@ -1111,8 +1186,25 @@ static void occurrence_id(const struct slot *s, char *buf, size_t len) {
   }
   int64_t days = local_date(s->utc), secs = s->utc - days * 86400;
   cp_tz_civil_from_days(days, &y, &m, &d);
-  snprintf(buf, len, "%04d%02d%02dT%02d%02d%02dZ", y, m, d, (int)(secs / 3600),
-           (int)(secs / 60 % 60), (int)(secs % 60));
+  if (len < 17 || y < 0 || y > 9999) {
+    snprintf(buf, len, "%lld", (long long)s->utc);
+    return;
+  }
+  /* By hand: this runs for every occurrence of every event. */
+  int v[6] = {y, m, d, (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60)};
+  char *o = buf;
+  for (int k = 0; k < 6; k++) {
+    if (k == 3)
+      *o++ = 'T';
+    if (k == 0) {
+      *o++ = (char)('0' + v[0] / 1000);
+      *o++ = (char)('0' + v[0] / 100 % 10);
+    }
+    *o++ = (char)('0' + v[k] / 10 % 10);
+    *o++ = (char)('0' + v[k] % 10);
+  }
+  *o++ = 'Z';
+  *o = 0;
 }
 
 /* Does value w (EXDATE or RECURRENCE-ID) name slot s of a series in zone z? */
@@ -1199,17 +1291,20 @@ static int emit(struct cp_plan *plan, struct ev *src, const struct slot *slot, b
     /* The identity: calendar, UID, occurrence, channel. */
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx)
+    if (!p->md_ctx &&
+        (!(p->md_ctx = EVP_MD_CTX_new()) || !(p->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL))))
       return CP_ENOMEM;
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestInit_ex(p->md_ctx, p->sha256, NULL);
     const char *parts[4] = {post->calendar, post->uid, post->occurrence, post->channel};
     for (int k = 0; k < 4; k++)
-      EVP_DigestUpdate(ctx, parts[k], strlen(parts[k]) + 1);
-    EVP_DigestFinal_ex(ctx, md, &mdlen);
-    EVP_MD_CTX_free(ctx);
-    for (int k = 0; k < CP_POST_ID_LEN / 2; k++)
-      sprintf(post->id + 2 * k, "%02x", md[k]);
+      EVP_DigestUpdate(p->md_ctx, parts[k], strlen(parts[k]) + 1);
+    EVP_DigestFinal_ex(p->md_ctx, md, &mdlen);
+    static const char hex[] = "0123456789abcdef";
+    for (int k = 0; k < CP_POST_ID_LEN / 2; k++) {
+      post->id[2 * k] = hex[md[k] >> 4];
+      post->id[2 * k + 1] = hex[md[k] & 15];
+    }
+    post->id[CP_POST_ID_LEN] = 0;
   }
   return 0;
 }
@@ -1224,6 +1319,65 @@ static int64_t due_of(struct cp_plan *plan, struct ev *e, int64_t wall, bool is_
         NULL);
   }
   return cp_tz_resolve(z, wall, NULL);
+}
+
+/* A start for the iterator close before `target`, whole periods after w0, so that a series
+ * that began years ago is not walked from its beginning. Instances of a rule without COUNT are
+ * w0 + n * INTERVAL periods filtered by the BY* parts, so the same rule started k periods later
+ * yields the same instances from there on. The new start itself need not be an instance: libical
+ * 3.0.16 drops a start the rule does not match, and w0 is emitted separately anyway. Returns w0
+ * where a shift would change the result (a month day the shifted month may not have). */
+static int64_t rebase(const struct icalrecurrencetype *r, int64_t w0, int64_t target) {
+  int64_t gap = target - w0 - 7 * 86400; /* stay a week early: BY* expansion within a period */
+  if (gap <= 0 || r->interval < 1)
+    return w0;
+  int64_t unit;
+  switch (r->freq) {
+    case ICAL_SECONDLY_RECURRENCE:
+      unit = 1;
+      break;
+    case ICAL_MINUTELY_RECURRENCE:
+      unit = 60;
+      break;
+    case ICAL_HOURLY_RECURRENCE:
+      unit = 3600;
+      break;
+    case ICAL_DAILY_RECURRENCE:
+      unit = 86400;
+      break;
+    case ICAL_WEEKLY_RECURRENCE:
+      unit = 7 * 86400;
+      break;
+    case ICAL_MONTHLY_RECURRENCE:
+    case ICAL_YEARLY_RECURRENCE: {
+      int y, m, d;
+      int64_t days = w0 / 86400, tod = w0 - days * 86400;
+      cp_tz_civil_from_days(days, &y, &m, &d);
+      bool by_day = r->by_day[0] != ICAL_RECURRENCE_ARRAY_MAX ||
+                    r->by_month_day[0] != ICAL_RECURRENCE_ARRAY_MAX ||
+                    r->by_year_day[0] != ICAL_RECURRENCE_ARRAY_MAX ||
+                    r->by_week_no[0] != ICAL_RECURRENCE_ARRAY_MAX;
+      if (d > 28 && !by_day)
+        return w0;
+      int64_t months = r->freq == ICAL_MONTHLY_RECURRENCE ? r->interval : 12LL * r->interval;
+      int64_t k = gap / (31 * 86400) / months; /* a month is at most 31 days */
+      if (k <= 0)
+        return w0;
+      int64_t mi = (int64_t)y * 12 + (m - 1) + k * months;
+      int ny = (int)(mi / 12), nm = (int)(mi % 12) + 1;
+      /* With BY* day parts the start's day only anchors the period; the 1st is always valid. */
+      int nd = by_day && r->freq == ICAL_MONTHLY_RECURRENCE ? 1 : d;
+      if (by_day && r->freq == ICAL_YEARLY_RECURRENCE) {
+        nm = 1;
+        nd = 1;
+      }
+      return cp_tz_days_from_civil(ny, nm, nd) * 86400 + tod;
+    }
+    default:
+      return w0;
+  }
+  int64_t period = unit * r->interval;
+  return w0 + gap / period * period;
 }
 
 static int expand_master(struct cp_plan *plan, struct group *g) {
@@ -1289,7 +1443,8 @@ static int expand_master(struct cp_plan *plan, struct group *g) {
       }
       rule.until = cp_tz_ical_from_wall(until, false);
     }
-    struct icaltimetype start = cp_tz_ical_from_wall(w0, false);
+    int64_t wstart = rule.count ? w0 : rebase(&rule, w0, lo);
+    struct icaltimetype start = cp_tz_ical_from_wall(wstart, false);
     icalrecur_iterator *it = icalrecur_iterator_new(rule, start);
     if (!it) {
       diag(plan, m->file, prop_line(m, "RRULE"), true,
@@ -1579,6 +1734,8 @@ void cp_plan_free(struct cp_plan *plan) {
       free(p->strings[i]);
     free(p->strings);
     free(p->scratch);
+    EVP_MD_CTX_free(p->md_ctx);
+    EVP_MD_free(p->sha256);
     free(p);
   }
   for (size_t i = 0; i < plan->n_diags; i++) {
@@ -1699,7 +1856,8 @@ int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out) {
     cp_plan_free(plan);
     return rc;
   }
-  qsort(plan->posts, plan->n_posts, sizeof *plan->posts, cmp_post);
+  if (plan->n_posts)
+    qsort(plan->posts, plan->n_posts, sizeof *plan->posts, cmp_post);
   /* Diagnostics in file order. */
   for (size_t i = 1; i < plan->n_diags; i++) {
     struct cp_diag d = plan->diags[i];

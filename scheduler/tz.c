@@ -56,13 +56,137 @@ struct icaltimetype cp_tz_ical_from_wall(int64_t wall, bool is_date) {
   return t;
 }
 
-int cp_tz_offset_at(icaltimezone *z, int64_t utc) {
-  if (!z)
-    return 0;
+static int raw_offset_at(icaltimezone *z, int64_t utc) {
   struct icaltimetype t = cp_tz_ical_from_wall(utc, false);
   t.zone = icaltimezone_get_utc_timezone();
   int is_daylight = 0;
   return icaltimezone_get_utc_offset_of_utc_time(z, &t, &is_daylight);
+}
+
+/* libical's offset lookup costs microseconds; a plan asks millions of times. Each zone gets a
+ * table of its transitions over the years in use, found by sampling every 6 hours and bisecting
+ * to the second (two transitions within 6 hours would be missed; no zone has them since 1900). */
+struct zone_table {
+  icaltimezone *zone;
+  int64_t from, to; /* covered UTC range */
+  int64_t *at;      /* at[i]: start of segment i */
+  int *off;         /* off[i]: offset during segment i */
+  size_t n;
+};
+
+#define TZ_TABLES 64
+#define TZ_STEP (6 * 3600)
+static struct zone_table tables[TZ_TABLES];
+static size_t n_tables;
+static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int table_build(struct zone_table *t, int64_t from, int64_t to) {
+  size_t cap = 16, n = 0;
+  int64_t *at = malloc(cap * sizeof *at);
+  int *off = malloc(cap * sizeof *off);
+  if (!at || !off)
+    goto fail;
+  int prev = raw_offset_at(t->zone, from);
+  at[n] = from;
+  off[n++] = prev;
+  for (int64_t u = from + TZ_STEP; u <= to; u += TZ_STEP) {
+    int o = raw_offset_at(t->zone, u);
+    if (o == prev)
+      continue;
+    int64_t lo = u - TZ_STEP, hi = u;
+    while (hi - lo > 1) {
+      int64_t mid = lo + (hi - lo) / 2;
+      if (raw_offset_at(t->zone, mid) == prev)
+        lo = mid;
+      else
+        hi = mid;
+    }
+    if (n == cap) {
+      cap *= 2;
+      int64_t *na = realloc(at, cap * sizeof *na);
+      if (na)
+        at = na;
+      int *no = realloc(off, cap * sizeof *no);
+      if (no)
+        off = no;
+      if (!na || !no)
+        goto fail;
+    }
+    at[n] = hi;
+    off[n++] = o;
+    prev = o;
+  }
+  free(t->at);
+  free(t->off);
+  t->at = at;
+  t->off = off;
+  t->n = n;
+  t->from = from;
+  t->to = to;
+  return 0;
+fail:
+  free(at);
+  free(off);
+  return CP_ENOMEM;
+}
+
+/* Years 1900..2200 are tabled on demand, two years around each first use; others go to libical. */
+static bool table_offset(icaltimezone *z, int64_t utc, int *out) {
+  static const int64_t lo_limit = -2208988800LL, hi_limit = 7258118400LL;
+  if (utc < lo_limit || utc >= hi_limit)
+    return false;
+  pthread_mutex_lock(&tables_mu);
+  struct zone_table *t = NULL;
+  for (size_t i = 0; i < n_tables && !t; i++)
+    if (tables[i].zone == z)
+      t = &tables[i];
+  if (!t && n_tables < TZ_TABLES) {
+    t = &tables[n_tables++];
+    memset(t, 0, sizeof *t);
+    t->zone = z;
+  }
+  bool ok = t != NULL;
+  if (ok && (!t->n || utc < t->from || utc >= t->to)) {
+    int64_t from = t->n && t->from < utc ? t->from : utc - 2 * 366 * 86400LL;
+    int64_t to = t->n && t->to > utc ? t->to : utc + 2 * 366 * 86400LL;
+    from -= from % 86400;
+    ok = table_build(t, from, to) == 0;
+  }
+  if (ok) {
+    size_t lo = 0, hi = t->n; /* the last segment starting at or before utc */
+    while (hi - lo > 1) {
+      size_t mid = (lo + hi) / 2;
+      if (t->at[mid] <= utc)
+        lo = mid;
+      else
+        hi = mid;
+    }
+    *out = t->off[lo];
+  }
+  pthread_mutex_unlock(&tables_mu);
+  return ok;
+}
+
+/* Drops the table of a zone that is about to be freed. */
+static void table_forget(icaltimezone *z) {
+  pthread_mutex_lock(&tables_mu);
+  for (size_t i = 0; i < n_tables; i++)
+    if (tables[i].zone == z) {
+      free(tables[i].at);
+      free(tables[i].off);
+      tables[i] = tables[--n_tables];
+      break;
+    }
+  pthread_mutex_unlock(&tables_mu);
+}
+
+int cp_tz_offset_at(icaltimezone *z, int64_t utc) {
+  if (!z)
+    return 0;
+  int off;
+  if (table_offset(z, utc, &off))
+    return off;
+  return raw_offset_at(z, utc);
 }
 
 int64_t cp_tz_resolve(icaltimezone *z, int64_t wall, bool *gap) {
@@ -115,8 +239,10 @@ void cp_tzset_free(struct cp_tzset *set) {
     return;
   for (size_t i = 0; i < set->n; i++) {
     free(set->v[i].tzid);
-    if (set->v[i].owned)
+    if (set->v[i].owned) {
+      table_forget(set->v[i].zone);
       icaltimezone_free(set->v[i].zone, 1);
+    }
   }
   for (size_t i = 0; i < set->n_cache; i++)
     free(set->cache[i].tzid);
