@@ -157,7 +157,9 @@ static void print_text(const struct cp_plan *plan, const char *channel) {
          "TEXT");
   size_t shown = 0;
   for (size_t i = 0; i < plan->n_posts; i++) {
-    const struct cp_post *p = &plan->posts[i];
+    struct cp_post post;
+    cp_plan_post(plan, i, &post);
+    const struct cp_post *p = &post;
     if (channel && strcmp(p->channel, channel))
       continue;
     char local[40], utc[40], line[81];
@@ -191,7 +193,9 @@ static void csv_field(const char *s, bool last) {
 static void print_csv(const struct cp_plan *plan, const char *channel) {
   printf("id,calendar,uid,occurrence,channel,due,due_local,tzid,all_day,state,title,text\n");
   for (size_t i = 0; i < plan->n_posts; i++) {
-    const struct cp_post *p = &plan->posts[i];
+    struct cp_post post;
+    cp_plan_post(plan, i, &post);
+    const struct cp_post *p = &post;
     if (channel && strcmp(p->channel, channel))
       continue;
     char local[40], utc[40];
@@ -225,7 +229,7 @@ static int print_json(const struct cp_plan *plan, const char *channel, int64_t f
       json_pack("{s:i,s:s,s:s,s:s}", "calpost_plan", 1, "from", a, "to", b, "timezone", zone);
   if (!head)
     return CP_ENOMEM;
-  char *hs = json_dumps(head, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  char *hs = json_dumps(head, JSON_COMPACT);
   json_decref(head);
   if (!hs)
     return CP_ENOMEM;
@@ -234,23 +238,50 @@ static int print_json(const struct cp_plan *plan, const char *channel, int64_t f
   free(hs);
   bool first = true;
   for (size_t i = 0; i < plan->n_posts; i++) {
-    const struct cp_post *p = &plan->posts[i];
+    struct cp_post post;
+    cp_plan_post(plan, i, &post);
+    const struct cp_post *p = &post;
     if (channel && strcmp(p->channel, channel))
       continue;
     char local[40], utc[40];
     cp_plan_format_time(p->due, p->utc_offset, local, sizeof local);
     cp_plan_format_time(p->due, 0, utc, sizeof utc);
+    /* Built with the _nocheck setters: every string was validated as UTF-8 when its file was
+     * read, and json_pack's format parsing would cost more than the rest of `plan`. */
     json_t *media = json_array();
-    for (size_t k = 0; media && k < p->n_media; k++)
-      json_array_append_new(
-          media, json_pack("{s:s,s:s?}", "src", p->media[k].src, "alt", p->media[k].alt));
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:s,s:o,s:b,s:s?,s:s,s:i}",
-                          "id", p->id, "calendar", p->calendar, "uid", p->uid, "occurrence",
-                          p->occurrence, "channel", p->channel, "due", utc, "due_local", local,
-                          "tzid", p->tzid, "all_day", p->all_day, "state", state_name(p->state),
-                          "title", p->title, "text", p->text, "media", media, "thread", p->thread,
-                          "campaign", p->campaign, "file", p->file, "line", p->line);
-    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    for (size_t k = 0; media && k < p->n_media; k++) {
+      json_t *m = json_object();
+      json_object_set_new_nocheck(m, "src", json_string_nocheck(p->media[k].src));
+      json_object_set_new_nocheck(
+          m, "alt", p->media[k].alt ? json_string_nocheck(p->media[k].alt) : json_null());
+      json_array_append_new(media, m);
+    }
+    json_t *o = json_object();
+    struct {
+      const char *k;
+      json_t *v;
+    } f[] = {
+        {"id", json_string_nocheck(p->id)},
+        {"calendar", json_string_nocheck(p->calendar)},
+        {"uid", json_string_nocheck(p->uid)},
+        {"occurrence", json_string_nocheck(p->occurrence)},
+        {"channel", json_string_nocheck(p->channel)},
+        {"due", json_string_nocheck(utc)},
+        {"due_local", json_string_nocheck(local)},
+        {"tzid", json_string_nocheck(p->tzid)},
+        {"all_day", json_boolean(p->all_day)},
+        {"state", json_string_nocheck(state_name(p->state))},
+        {"title", json_string_nocheck(p->title)},
+        {"text", json_string_nocheck(p->text)},
+        {"media", media},
+        {"thread", json_boolean(p->thread)},
+        {"campaign", p->campaign ? json_string_nocheck(p->campaign) : json_null()},
+        {"file", json_string_nocheck(p->file)},
+        {"line", json_integer(p->line)},
+    };
+    for (size_t k = 0; o && k < sizeof f / sizeof f[0]; k++)
+      json_object_set_new_nocheck(o, f[k].k, f[k].v);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!s)
       return CP_ENOMEM;
@@ -263,7 +294,7 @@ static int print_json(const struct cp_plan *plan, const char *channel, int64_t f
     const struct cp_diag *d = &plan->diags[i];
     json_t *o = json_pack("{s:s,s:i,s:s,s:s}", "file", d->file, "line", d->line, "severity",
                           d->error ? "error" : "warning", "message", d->msg);
-    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!s)
       return CP_ENOMEM;
@@ -330,8 +361,11 @@ static int run(int argc, char **argv, bool check) {
   if (check) {
     print_diags(plan, stdout);
     size_t scheduled = 0;
-    for (size_t i = 0; i < plan->n_posts; i++)
-      scheduled += plan->posts[i].state == CP_POST_SCHEDULED;
+    for (size_t i = 0; i < plan->n_posts; i++) {
+      struct cp_post post;
+      cp_plan_post(plan, i, &post);
+      scheduled += post.state == CP_POST_SCHEDULED;
+    }
     fprintf(stderr, "%zu error%s, %zu warning%s; %zu post%s scheduled in the next %d days\n",
             plan->n_errors, plan->n_errors == 1 ? "" : "s", plan->n_warnings,
             plan->n_warnings == 1 ? "" : "s", scheduled, scheduled == 1 ? "" : "s",

@@ -25,6 +25,8 @@
 /* ---------------------------------------------------------------------------------------- */
 /* Values and events                                                                        */
 
+#define N_WANTED_MAX 17 /* see wanted[] */
+
 /* A DATE or DATE-TIME value as written, with its zone resolved. */
 struct when {
   int64_t wall; /* local wall seconds in its zone; midnight for a DATE */
@@ -45,9 +47,8 @@ struct ev {
   struct cp_tz home; /* the file's zone: X-WR-TIMEZONE or the plan zone (all-day, UTC display) */
   const char *file;
   int line;
-  const char *chunk; /* the VEVENT's text inside the file buffer (for property line numbers) */
-  size_t chunk_len;
-  int order; /* position in the calendar, for "last one wins" ties */
+  uint16_t lines[N_WANTED_MAX]; /* where each wanted property starts, from the event's line */
+  int order;                    /* position in the calendar, for "last one wins" ties */
   char *uid;
   int seq;
   enum ev_status status;
@@ -78,7 +79,7 @@ struct ev {
   bool draft;
   bool thread, numbered;
   char *title;
-  char *body;
+  const char *body; /* desc->body or title */
   struct cp_desc *desc;
   struct cp_media *media; /* desc media + ATTACH, paths resolved */
   size_t n_media;
@@ -109,6 +110,7 @@ struct cp__plan_priv {
   const struct cp_plan_opts *opts;
   struct cp_tz plan_zone;
   char *scratch;      /* NUL-terminated copy of the chunk being parsed */
+  struct rec *recs;   /* the posts, n_posts of them */
   EVP_MD_CTX *md_ctx; /* post ids */
   EVP_MD *sha256;
   size_t scratch_cap;
@@ -172,22 +174,14 @@ static void diag(struct cp_plan *plan, const char *file, int line, bool error, c
     plan->n_warnings++;
 }
 
-/* The line of the first property called name in the event's text (the event's line if none). */
+static int wanted_index(const char *s, size_t n);
+
+/* The line of the first property called name in the event (the event's line if none). */
 static int prop_line(const struct ev *e, const char *name) {
-  size_t nl = strlen(name);
-  int line = e->line;
-  const char *s = e->chunk, *end = e->chunk + e->chunk_len;
-  while (s < end) {
-    if (!strncasecmp(s, name, nl) && s + nl < end && (s[nl] == ':' || s[nl] == ';'))
-      return line;
-    while (s < end && *s != '\n' && *s != '\r')
-      s++;
-    if (s < end && *s == '\r' && s + 1 < end && s[1] == '\n')
-      s++;
-    s++;
-    line++;
-  }
-  return e->line;
+  int w = wanted_index(name, strlen(name));
+  if (w < 0 || e->lines[w] == UINT16_MAX)
+    return e->line;
+  return e->line + e->lines[w];
 }
 
 static char *xstrdup(const char *s) {
@@ -551,8 +545,7 @@ static bool line_is(const char *s, const char *end, const char *word) {
 
 /* The properties of a VEVENT the engine reads; libical is handed only these (and no VALARM),
  * which saves much of the parsing on real exports full of ATTENDEE, X-MICROSOFT-* and alarms. */
-static bool wanted_property(const char *s, size_t n) {
-  static const char *const keep[] = {"BEGIN",
+static const char *const wanted[] = {"BEGIN",
                                      "END",
                                      "UID",
                                      "SEQUENCE",
@@ -570,14 +563,20 @@ static bool wanted_property(const char *s, size_t n) {
                                      "X-CALPOST-CHANNELS",
                                      "X-MICROSOFT-CDO-ALLDAYEVENT",
                                      NULL};
-  for (size_t i = 0; keep[i]; i++)
-    if (strlen(keep[i]) == n && !strncasecmp(s, keep[i], n))
-      return true;
-  return false;
+#define N_WANTED (sizeof wanted / sizeof wanted[0] - 1)
+_Static_assert(N_WANTED == N_WANTED_MAX, "N_WANTED_MAX must match wanted[]");
+
+static int wanted_index(const char *s, size_t n) {
+  for (size_t i = 0; wanted[i]; i++)
+    if (strlen(wanted[i]) == n && !strncasecmp(s, wanted[i], n))
+      return (int)i;
+  return -1;
 }
 
-/* Copies the wanted lines of a VEVENT's text to dst (which has room for len + 1 bytes). */
-static void copy_wanted(const char *s, size_t len, char *dst) {
+/* Copies the wanted lines of a VEVENT's text to dst (which has room for len + 1 bytes) and
+ * notes in lines[] the line (from 0) where each wanted property first appears. */
+static void copy_wanted(const char *s, size_t len, char *dst, uint16_t *lines) {
+  int line = -1;
   const char *end = s + len;
   char *o = dst;
   bool keeping = true;
@@ -591,6 +590,7 @@ static void copy_wanted(const char *s, size_t len, char *dst) {
         s++;
       s++;
     }
+    line++;
     if (*ls == ' ' || *ls == '\t') { /* a continuation line goes with its property */
       if (keeping) {
         memcpy(o, ls, (size_t)(s - ls));
@@ -605,7 +605,10 @@ static void copy_wanted(const char *s, size_t len, char *dst) {
     bool endl = nl == 3 && !strncasecmp(ls, "END", 3);
     if (begin)
       depth++;
-    keeping = depth <= 1 && wanted_property(ls, nl);
+    int w = depth <= 1 ? wanted_index(ls, nl) : -1;
+    keeping = w >= 0;
+    if (keeping && lines[w] == UINT16_MAX && line < UINT16_MAX)
+      lines[w] = (uint16_t)line;
     if (endl)
       depth--;
     if (keeping) {
@@ -616,7 +619,9 @@ static void copy_wanted(const char *s, size_t len, char *dst) {
   *o = 0;
 }
 
-static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len, bool filter,
+/* Parses s[0..len) with libical. lines: NULL to parse all of it, else only the wanted properties
+ * (their lines are noted there). */
+static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len, uint16_t *lines,
                             icalcomponent **out) {
   if (len + 1 > p->scratch_cap) {
     size_t nc = len + 1 > 65536 ? len + 1 : 65536;
@@ -626,8 +631,8 @@ static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len, 
     p->scratch = nb;
     p->scratch_cap = nc;
   }
-  if (filter) {
-    copy_wanted(s, len, p->scratch);
+  if (lines) {
+    copy_wanted(s, len, p->scratch, lines);
   } else {
     memcpy(p->scratch, s, len);
     p->scratch[len] = 0;
@@ -891,7 +896,7 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
     if (comps[i].kind != 2)
       continue;
     icalcomponent *c;
-    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, false, &c)) < 0)
+    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, NULL, &c)) < 0)
       break;
     if (!c || icalcomponent_isa(c) != ICAL_VTIMEZONE_COMPONENT) {
       diag(plan, file, comps[i].line, true, "VTIMEZONE: cannot be parsed");
@@ -906,7 +911,9 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
     if (comps[i].kind != 1)
       continue;
     icalcomponent *c;
-    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, true, &c)) < 0)
+    uint16_t lines[N_WANTED];
+    memset(lines, 0xFF, sizeof lines);
+    if ((rc = parse_chunk_into(p, comps[i].s, comps[i].len, lines, &c)) < 0)
       break;
     if (!c || icalcomponent_isa(c) != ICAL_VEVENT_COMPONENT) {
       diag(plan, file, comps[i].line, true, "VEVENT: cannot be parsed; the event is not planned");
@@ -924,8 +931,7 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
     e->home = fc.floating;
     e->file = file;
     e->line = comps[i].line;
-    e->chunk = comps[i].s;
-    e->chunk_len = comps[i].len;
+    memcpy(e->lines, lines, sizeof lines);
     rc = extract_event(&fc, e, c);
     icalcomponent_free(c);
     if (rc == 0)
@@ -934,6 +940,8 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
       ev_free(e);
   }
   free(comps);
+  /* The events keep what they need; the text goes. */
+  free(p->bufs[--p->n_bufs]);
   return rc;
 }
 
@@ -1065,9 +1073,10 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
   e->draft = marker || e->status == EV_TENTATIVE || e->desc->draft == 1;
   e->thread = e->desc->thread == 1;
   e->numbered = e->desc->numbered == 1;
-  e->body = strdup(e->desc->body && *e->desc->body ? e->desc->body : e->title);
-  if (!e->body)
-    return CP_ENOMEM;
+  e->body = e->desc->body && *e->desc->body ? e->desc->body : e->title;
+  free(e->description);
+  free(e->altdesc);
+  e->description = e->altdesc = NULL;
   /* Media: [calpost] media lines, then ATTACH. */
   size_t nm = e->desc->n_media + e->n_attach;
   if (nm) {
@@ -1228,6 +1237,19 @@ struct group {
 };
 
 /* Emits the posts of one occurrence. src provides text and state; slot the identity. */
+/* A post as the plan keeps it (a cp_post is made from it on demand: 159,000 posts of a 20,000
+ * event plan then take 6 MB instead of 22). */
+struct rec {
+  struct ev *src;
+  int64_t due;
+  struct slot slot; /* the occurrence */
+  int32_t utc_offset;
+  uint16_t channel; /* index into src->channels */
+  uint8_t state;
+  uint8_t single : 1, all_day : 1;
+};
+
+/* Emits the posts of one occurrence. src provides text and state; slot the identity. */
 static int emit(struct cp_plan *plan, struct ev *src, const struct slot *slot, bool single,
                 int64_t due, bool all_day, bool cancelled, int64_t *count_in_window) {
   struct cp__plan_priv *p = plan->priv;
@@ -1244,69 +1266,73 @@ static int emit(struct cp_plan *plan, struct ev *src, const struct slot *slot, b
   int rc = prepare_text(plan, src);
   if (rc < 0)
     return rc;
-  char occ[32];
-  if (single)
-    snprintf(occ, sizeof occ, "single");
-  else
-    occurrence_id(slot, occ, sizeof occ);
-  const char *occ_kept = NULL;
   const struct when *at = src->has_dtstart ? &src->dtstart : &src->rid;
-  icaltimezone *z = at->zone;
-  const char *tzname = at->tzname;
-  if (all_day || at->is_utc) {
-    z = src->home.zone;
-    tzname = src->home.name;
-  }
-  for (size_t i = 0; i < src->n_channels; i++) {
+  icaltimezone *z = all_day || at->is_utc ? src->home.zone : at->zone;
+  int32_t off = cp_tz_offset_at(z, due);
+  for (size_t i = 0; i < src->n_channels && i <= UINT16_MAX; i++) {
     if (plan->n_posts == p->cap_posts) {
-      size_t nc = p->cap_posts ? p->cap_posts * 2 : 256;
-      struct cp_post *nv = realloc(plan->posts, nc * sizeof *nv);
+      size_t nc = p->cap_posts ? p->cap_posts + p->cap_posts / 2 : 1024;
+      struct rec *nv = realloc(p->recs, nc * sizeof *nv);
       if (!nv)
         return CP_ENOMEM;
-      plan->posts = nv;
+      p->recs = nv;
       p->cap_posts = nc;
     }
-    if (!occ_kept && !(occ_kept = keep(plan, strdup(occ))))
-      return CP_ENOMEM;
-    struct cp_post *post = &plan->posts[plan->n_posts++];
-    memset(post, 0, sizeof *post);
-    post->calendar = src->cal->name;
-    post->uid = src->uid;
-    post->occurrence = occ_kept;
-    post->channel = src->channels[i];
-    post->due = due;
-    post->utc_offset = cp_tz_offset_at(z, due);
-    post->tzid = tzname ? tzname : "UTC";
-    post->all_day = all_day;
-    post->state = cancelled ? CP_POST_CANCELLED : src->draft ? CP_POST_DRAFT : CP_POST_SCHEDULED;
-    post->title = src->title;
-    post->text = text_for(src, src->channels[i]);
-    post->media = src->media;
-    post->n_media = src->n_media;
-    post->thread = src->thread;
-    post->numbered = src->numbered;
-    post->campaign = src->desc->campaign;
-    post->file = src->file;
-    post->line = src->line;
-    /* The identity: calendar, UID, occurrence, channel. */
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (!p->md_ctx &&
-        (!(p->md_ctx = EVP_MD_CTX_new()) || !(p->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL))))
-      return CP_ENOMEM;
-    EVP_DigestInit_ex(p->md_ctx, p->sha256, NULL);
-    const char *parts[4] = {post->calendar, post->uid, post->occurrence, post->channel};
-    for (int k = 0; k < 4; k++)
-      EVP_DigestUpdate(p->md_ctx, parts[k], strlen(parts[k]) + 1);
-    EVP_DigestFinal_ex(p->md_ctx, md, &mdlen);
-    static const char hex[] = "0123456789abcdef";
-    for (int k = 0; k < CP_POST_ID_LEN / 2; k++) {
-      post->id[2 * k] = hex[md[k] >> 4];
-      post->id[2 * k + 1] = hex[md[k] & 15];
-    }
-    post->id[CP_POST_ID_LEN] = 0;
+    struct rec *r = &p->recs[plan->n_posts++];
+    r->src = src;
+    r->due = due;
+    r->slot = *slot;
+    r->utc_offset = off;
+    r->channel = (uint16_t)i;
+    r->state = cancelled ? CP_POST_CANCELLED : src->draft ? CP_POST_DRAFT : CP_POST_SCHEDULED;
+    r->single = single;
+    r->all_day = all_day;
   }
   return 0;
+}
+
+void cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post) {
+  struct cp__plan_priv *p = plan->priv;
+  const struct rec *r = &p->recs[i];
+  const struct ev *src = r->src;
+  memset(post, 0, sizeof *post);
+  if (r->single)
+    snprintf(post->occurrence, sizeof post->occurrence, "single");
+  else
+    occurrence_id(&r->slot, post->occurrence, sizeof post->occurrence);
+  const struct when *at = src->has_dtstart ? &src->dtstart : &src->rid;
+  const char *tzname = r->all_day || at->is_utc ? src->home.name : at->tzname;
+  post->calendar = src->cal->name;
+  post->uid = src->uid;
+  post->channel = src->channels[r->channel];
+  post->due = r->due;
+  post->utc_offset = r->utc_offset;
+  post->tzid = tzname ? tzname : "UTC";
+  post->all_day = r->all_day;
+  post->state = (enum cp_post_state)r->state;
+  post->title = src->title;
+  post->text = text_for(src, post->channel);
+  post->media = src->media;
+  post->n_media = src->n_media;
+  post->thread = src->thread;
+  post->numbered = src->numbered;
+  post->campaign = src->desc->campaign;
+  post->file = src->file;
+  post->line = src->line;
+  /* The identity: calendar, UID, occurrence, channel. */
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  EVP_DigestInit_ex(p->md_ctx, p->sha256, NULL);
+  const char *parts[4] = {post->calendar, post->uid, post->occurrence, post->channel};
+  for (int k = 0; k < 4; k++)
+    EVP_DigestUpdate(p->md_ctx, parts[k], strlen(parts[k]) + 1);
+  EVP_DigestFinal_ex(p->md_ctx, md, &mdlen);
+  static const char hex[] = "0123456789abcdef";
+  for (int k = 0; k < CP_POST_ID_LEN / 2; k++) {
+    post->id[2 * k] = hex[md[k] >> 4];
+    post->id[2 * k + 1] = hex[md[k] & 15];
+  }
+  post->id[CP_POST_ID_LEN] = 0;
 }
 
 /* The due time of an occurrence that starts at wall time `wall` in zone z. */
@@ -1699,7 +1725,6 @@ static void ev_free(struct ev *e) {
   free(e->rdates);
   free(e->exdates);
   free(e->title);
-  free(e->body);
   cp_desc_free(e->desc);
   for (size_t i = 0; i < e->n_media; i++) {
     free(e->media[i].src);
@@ -1734,6 +1759,7 @@ void cp_plan_free(struct cp_plan *plan) {
       free(p->strings[i]);
     free(p->strings);
     free(p->scratch);
+    free(p->recs);
     EVP_MD_CTX_free(p->md_ctx);
     EVP_MD_free(p->sha256);
     free(p);
@@ -1743,21 +1769,23 @@ void cp_plan_free(struct cp_plan *plan) {
     free(plan->diags[i].msg);
   }
   free(plan->diags);
-  free(plan->posts);
   free(plan);
 }
 
 static int cmp_post(const void *a, const void *b) {
-  const struct cp_post *x = a, *y = b;
+  const struct rec *x = a, *y = b;
   if (x->due != y->due)
     return x->due < y->due ? -1 : 1;
-  int c = strcmp(x->calendar, y->calendar);
+  if (x->src != y->src) {
+    int c = strcmp(x->src->cal->name, y->src->cal->name);
+    if (!c)
+      c = strcmp(x->src->uid, y->src->uid);
+    if (c)
+      return c;
+  }
+  int c = strcmp(x->src->channels[x->channel], y->src->channels[y->channel]);
   if (!c)
-    c = strcmp(x->uid, y->uid);
-  if (!c)
-    c = strcmp(x->channel, y->channel);
-  if (!c)
-    c = strcmp(x->occurrence, y->occurrence);
+    c = x->slot.utc < y->slot.utc ? -1 : x->slot.utc > y->slot.utc;
   return c;
 }
 
@@ -1788,6 +1816,10 @@ int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out) {
   }
   struct cp__plan_priv *p = plan->priv;
   p->opts = opts;
+  if (!(p->md_ctx = EVP_MD_CTX_new()) || !(p->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL))) {
+    cp_plan_free(plan);
+    return CP_ENOMEM;
+  }
   const struct cp_config *cfg = opts->cfg;
   const char *zname = opts->timezone ? opts->timezone : cfg->timezone;
   if (cp_tz_lookup(NULL, zname, &p->plan_zone) < 0) {
@@ -1857,7 +1889,7 @@ int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out) {
     return rc;
   }
   if (plan->n_posts)
-    qsort(plan->posts, plan->n_posts, sizeof *plan->posts, cmp_post);
+    qsort(p->recs, plan->n_posts, sizeof *p->recs, cmp_post);
   /* Diagnostics in file order. */
   for (size_t i = 1; i < plan->n_diags; i++) {
     struct cp_diag d = plan->diags[i];
@@ -1870,15 +1902,6 @@ int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out) {
     }
     plan->diags[j] = d;
   }
-  /* Release what the posts do not borrow: the file texts. */
-  for (size_t i = 0; i < p->n_bufs; i++)
-    free(p->bufs[i]);
-  p->n_bufs = 0;
-  for (size_t i = 0; i < p->n_cals; i++)
-    for (size_t k = 0; k < p->cals[i]->n_evs; k++) {
-      p->cals[i]->evs[k]->chunk = NULL;
-      p->cals[i]->evs[k]->chunk_len = 0;
-    }
   *out = plan;
   return 0;
 }

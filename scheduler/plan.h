@@ -29,8 +29,7 @@ struct cp_plan_opts {
 };
 
 struct cp_plan {
-  struct cp_post *posts; /* sorted by due, calendar, uid, channel */
-  size_t n_posts;
+  size_t n_posts;        /* read them with cp_plan_post(), sorted by due, calendar, uid, channel */
   struct cp_diag *diags; /* in file order */
   size_t n_diags;
   size_t n_errors;
@@ -43,6 +42,9 @@ struct cp_plan {
  * zone itself is unknown) on failure, with *out NULL. */
 int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out);
 void cp_plan_free(struct cp_plan *plan);
+
+/* Fills *post with post i (i < plan->n_posts). Its strings are borrowed from the plan. */
+void cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post);
 
 /* Formats a Unix time as "YYYY-MM-DDTHH:MM:SSZ" (utc_offset 0) or with "+HH:MM" into buf
  * (at least 26 bytes). */

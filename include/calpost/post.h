@@ -27,7 +27,7 @@ struct cp_post {
   char id[CP_POST_ID_LEN + 1]; /* stable: hash of (calendar, uid, occurrence, channel) */
   const char *calendar;        /* calendar name from the config (or the file's base name) */
   const char *uid;
-  const char *occurrence; /* "single", or the original start: "20240102T090000Z" / "20240102" */
+  char occurrence[24]; /* "single", or the original start: "20240102T090000Z" / "20240102" */
   const char *channel;
   int64_t due;      /* Unix seconds, UTC */
   int utc_offset;   /* seconds east of UTC at the due time in the event's zone */
