@@ -44,13 +44,19 @@ for n in $SIZES; do
   $PY "$HERE/gen_plan.py" "$n" "$SEED" >"$plan"
   size=$(du -k "$plan" | cut -f1)
 
+  # The agenda as people read it (the default text format)...
+  read -r w c m < <(measure "$TMP/calpost.txt" "$CALPOST" plan --from $FROM \
+      --days $DAYS --timezone $TZ_PLAN "$plan")
+  printf '%-8s %-12s %9s %9s %9s %10s  %s\n' "$n" calpost "$w" "$c" "$m" - \
+      "$(tail -n 1 "$TMP/calpost.txt"), text output"
+  # ...and as scripts read it (JSON: most of the extra time is jansson's string encoder).
   read -r w c m < <(measure "$TMP/calpost.json" "$CALPOST" plan --format json --from $FROM \
       --days $DAYS --timezone $TZ_PLAN "$plan")
   # Instances = distinct (uid, occurrence); posts = one per channel.
   counts=$($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["posts"]
 print(len({(x["uid"], x["occurrence"]) for x in p}), len(p), len(d["diagnostics"]))' "$TMP/calpost.json")
   read -r inst posts diags <<<"$counts"
-  printf '%-8s %-12s %9s %9s %9s %10s  %s\n' "$n" calpost "$w" "$c" "$m" "$inst" \
+  printf '%-8s %-12s %9s %9s %9s %10s  %s\n' "$n" calpost-json "$w" "$c" "$m" "$inst" \
       "$posts posts, $diags diagnostics, plan ${size} KiB"
 
   read -r w c m < <(measure "$TMP/libical.out" "$TMP/raw_libical" "$plan" "$FROM_UNIX" $DAYS)
