@@ -1,0 +1,214 @@
+/* The connector ABI: what a connector module (built in, or an external .so loaded with dlopen)
+ * exports, and the services the host hands it.
+ *
+ * A connector is one `const struct cp_connector`, the ABI version first (so a loader can read it
+ * from a module built against any other version), then its identity, capability flags and
+ * callbacks. It reports outcomes; the scheduler alone decides retries, pauses and state changes.
+ *
+ * An external module exports the symbol CP_CONNECTOR_SYMBOL ("cp_connector_entry"):
+ *
+ *   const struct cp_connector cp_connector_entry = {
+ *       .abi_version = CP_CONNECTOR_ABI_VERSION,
+ *       .name = "example",
+ *       ...
+ *   };
+ *
+ * A module calls nothing in the calpost binary: everything goes through struct cp_host. It may
+ * use libc, and libuv on host->loop (the daemon's loop) if it closes its handles in free.
+ *
+ * Threading: everything here runs on the host's loop thread. */
+#ifndef CALPOST_CONNECTOR_H
+#define CALPOST_CONNECTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "calpost/post.h"
+
+struct uv_loop_s;
+
+/* Bumped on any change to a struct or callback in this file. The loader refuses a module whose
+ * abi_version differs. */
+#define CP_CONNECTOR_ABI_VERSION 1
+#define CP_CONNECTOR_SYMBOL "cp_connector_entry"
+
+/* Capability flags (struct cp_connector.caps). */
+#define CP_CAP_IDEMPOTENT (1u << 0) /* a resend with the same idempotency key cannot duplicate */
+#define CP_CAP_MEDIA (1u << 1)      /* the post's media reach the destination */
+#define CP_CAP_THREADS (1u << 2)    /* over-long text is published as a reply chain */
+#define CP_CAP_METRICS (1u << 3)    /* the metrics callback is set */
+
+/* ---- HTTP (served by the host on its loop; see scheduler/http.h) ---------------------------- */
+
+struct cp_http_header {
+  const char *name;
+  const char *value;
+};
+
+/* A request. Everything is borrowed and copied by http_request before it returns. */
+struct cp_http_req {
+  const char *method; /* "GET", "POST", "PUT", "DELETE", ...; NULL: POST if body, else GET */
+  const char *url;    /* http:// or https:// */
+  const struct cp_http_header *headers;
+  size_t n_headers;
+  const char *body; /* may be NULL */
+  size_t body_len;
+  long connect_timeout_ms; /* 0: 10 s */
+  long timeout_ms;         /* whole exchange; 0: 30 s */
+  size_t max_response;     /* cap on response headers + body in bytes; 0: 1 MiB */
+  bool follow_redirects;   /* follow up to 5 redirects, https targets only; default: none */
+};
+
+/* A response, borrowed for the duration of the callback. */
+struct cp_http_resp {
+  int err;            /* 0, or the transport error as CP_E* / -errno (CP_ETOOBIG: over the cap) */
+  const char *errmsg; /* libcurl's explanation when err != 0, else ""; never NULL */
+  long status;        /* HTTP status of the final response; 0 if none arrived */
+  bool sent;          /* the request was, or may have been, delivered to the server: a failure
+                         after this leaves the outcome unknown (CONNECTORS-NOTES 1.13) */
+  const struct cp_http_header *headers; /* of the final response, in order; names as sent */
+  size_t n_headers;
+  const char *body; /* NUL-terminated (not counted in body_len); "" if none */
+  size_t body_len;
+  int64_t elapsed_ms;
+};
+
+/* Called exactly once per request that http_request accepted. */
+typedef void (*cp_http_cb)(const struct cp_http_resp *resp, void *data);
+
+/* ---- Outcomes ------------------------------------------------------------------------------- */
+
+enum cp_outcome {
+  CP_OUTCOME_OK = 0,       /* published */
+  CP_OUTCOME_RETRY,        /* transient: nothing was published, try again later */
+  CP_OUTCOME_RATE_LIMITED, /* wait until retry_at_ms (or back off) */
+  CP_OUTCOME_AUTH,         /* credentials rejected: refresh or reconnect */
+  CP_OUTCOME_PERMANENT,    /* will fail the same way again: fix the post or the setup */
+  CP_OUTCOME_UNKNOWN,      /* the request left but no answer came: it may have been published */
+};
+
+#define CP_RESULT_MESSAGE_MAX 256
+#define CP_RESULT_ID_MAX 256
+#define CP_RESULT_URL_MAX 1024
+
+/* The result of one publish attempt. Strings are truncated to fit, always NUL-terminated. */
+struct cp_result {
+  enum cp_outcome outcome;
+  long http_status;                    /* 0 if there was no HTTP response */
+  int err;                             /* transport or local error (CP_E* / -errno), 0 if none */
+  char message[CP_RESULT_MESSAGE_MAX]; /* the server's message or the error, for people */
+  char remote_id[CP_RESULT_ID_MAX];    /* the platform's id of the post, "" if unknown */
+  char remote_url[CP_RESULT_URL_MAX];  /* where people can see it, "" if unknown */
+  int64_t retry_at_ms; /* earliest sensible retry (Unix ms, wall clock); 0: no hint */
+};
+
+/* ---- Configuration -------------------------------------------------------------------------- */
+
+/* A connector's configuration section ([channel NAME] in the config file), as an accessor so
+ * this ABI does not depend on the config parser's structs. Valid only during init. */
+struct cp_connector_conf {
+  const char *type; /* connector type, e.g. "webhook" */
+  const char *name; /* channel name, for messages */
+  const char *file; /* config file, for messages ("" if none) */
+  int line;         /* line of the section header */
+  /* The value of key or NULL; sets *line (if not NULL) to the key's line. Borrowed. */
+  const char *(*get)(const struct cp_connector_conf *conf, const char *key, int *line);
+  /* The i-th key in file order, or NULL past the end (to report unknown keys). */
+  const char *(*key_at)(const struct cp_connector_conf *conf, size_t i);
+  const void *data; /* the accessor's own */
+};
+
+/* ---- The host's services -------------------------------------------------------------------- */
+
+enum cp_log_level { CP_LOG_ERROR = 0, CP_LOG_WARN, CP_LOG_INFO, CP_LOG_DEBUG };
+
+/* One publish (or login check) in flight. Owned by the host; valid until complete() is called
+ * for it. The post passed with it stays valid as long. */
+struct cp_publish_req {
+  const struct cp_host *host;
+  unsigned attempt;            /* 1 for the first try of this post */
+  const char *idempotency_key; /* same value as host->idempotency_key() for the post; "" for a
+                                  login check */
+  void *host_data;             /* the host's own */
+};
+
+/* Bumped when services are added (at the end); a connector that needs a newer service checks
+ * version (or size) before calling it. */
+#define CP_HOST_VERSION 1
+
+struct cp_host {
+  size_t size;            /* sizeof(struct cp_host) as the host was built */
+  int version;            /* CP_HOST_VERSION as the host was built */
+  struct uv_loop_s *loop; /* the loop everything runs on */
+  void *data;             /* the host's own */
+
+  /* Starts an HTTP request on the loop (never blocks). Returns 0 and later calls cb exactly
+   * once; or returns a negative CP_E* / -errno and never calls cb. */
+  int (*http_request)(const struct cp_host *host, const struct cp_http_req *req, cp_http_cb cb,
+                      void *data);
+  /* Finishes a publish or login check: exactly once per accepted call, never from inside the
+   * publish/login_check call itself. res is copied; req is invalid afterwards. */
+  void (*complete)(const struct cp_publish_req *req, const struct cp_result *res);
+  /* Logs one line (no trailing newline needed), prefixed by the channel. Every secret handed out
+   * by secret() is replaced by "***" before it is written. */
+  void (*log)(const struct cp_host *host, enum cp_log_level level, const char *fmt, ...)
+      __attribute__((format(printf, 3, 4)));
+  uint64_t (*now_ms)(const struct cp_host *host); /* monotonic (loop time), for durations */
+  int64_t (*wall_ms)(const struct cp_host *host); /* Unix ms, for timestamps and hints */
+  /* Reads the secret named by the key "<key>_file" (a file: the first line, without its line end)
+   * or "<key>_env" (an environment variable) of conf. Returns 0 and a malloc'd NUL-terminated
+   * copy in *out (release with secret_free), CP_ENOTFOUND if neither key is set, CP_ECONFIG if
+   * both are, or the file or variable is missing or empty (logged, without the value). */
+  int (*secret)(const struct cp_host *host, const struct cp_connector_conf *conf, const char *key,
+                char **out);
+  void (*secret_free)(char *secret); /* wipes and frees; NULL is a no-op */
+  /* The idempotency key of a post: stable across attempts and restarts, derived from its id.
+   * Writes at most size bytes including the NUL; returns 0 or CP_ELIMIT if size is too small. */
+  int (*idempotency_key)(const struct cp_host *host, const struct cp_post *post, char *buf,
+                         size_t size);
+  /* Fills res from an HTTP response for the connector of req: outcome (its classify, or the
+   * default table), http_status, err, message (the server's, or the transport error) and
+   * retry_at_ms (from Retry-After). Leaves remote_id and remote_url empty. */
+  void (*http_result)(const struct cp_publish_req *req, const struct cp_http_resp *resp,
+                      struct cp_result *res);
+};
+
+/* ---- The connector -------------------------------------------------------------------------- */
+
+/* Receives one finding of validate(); msg says what is wrong and what to do. */
+typedef void (*cp_diag_cb)(void *arg, bool error, const char *msg);
+
+struct cp_connector {
+  int abi_version;         /* CP_CONNECTOR_ABI_VERSION: must be first */
+  const char *name;        /* the type name used in the config: "webhook" */
+  const char *description; /* one line, for `calpost connectors` */
+  unsigned caps;           /* CP_CAP_* */
+
+  /* Reads conf (secrets through host->secret) and creates the channel's state in *instance.
+   * Returns 0, or CP_ECONFIG (logged through host->log, naming the file, line and key) and leaves
+   * *instance unchanged. Required. */
+  int (*init)(const struct cp_host *host, const struct cp_connector_conf *conf, void **instance);
+  /* Checks a post without any I/O (length, media, required fields), reporting through diag.
+   * Returns 0 if the post can be published, CP_EINVAL if an error was reported. Optional. */
+  int (*validate)(void *instance, const struct cp_post *post, cp_diag_cb diag, void *arg);
+  /* Starts publishing post without blocking. Returns 0 and completes later through
+   * req->host->complete exactly once; or returns a negative CP_E* / -errno and never completes.
+   * Required. */
+  int (*publish)(void *instance, const struct cp_post *post, const struct cp_publish_req *req);
+  /* Maps an HTTP response to an outcome, given the default table's answer dflt (2xx OK;
+   * 408, 5xx, network RETRY, or UNKNOWN after the request was sent; 429 RATE_LIMITED;
+   * 401/403 AUTH; other 4xx PERMANENT). NULL: the default. */
+  enum cp_outcome (*classify)(void *instance, const struct cp_http_resp *resp,
+                              enum cp_outcome dflt);
+  /* Reports counters and gauges through emit. Optional (CP_CAP_METRICS). */
+  void (*metrics)(void *instance, void (*emit)(void *arg, const char *name, double value),
+                  void *arg);
+  /* Checks the credentials without posting anything; completes like publish with OK or AUTH.
+   * Optional. */
+  int (*login_check)(void *instance, const struct cp_publish_req *req);
+  /* Frees the instance; called only when nothing is in flight. NULL instance is a no-op. */
+  void (*free)(void *instance);
+};
+
+#endif
