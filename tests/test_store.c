@@ -1,0 +1,738 @@
+/* The durable queue against real SQLite files in a temporary directory. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "calpost/err.h"
+#include "store.h"
+
+#define NOW 1800000000000LL /* 2027-01-15, Unix ms */
+#define MIN 60000LL
+
+struct fixture {
+  char dir[64];
+  char db[96];
+  struct cp_store *s;
+};
+
+static int setup(void **state) {
+  struct fixture *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  strcpy(f->dir, "/tmp/cp_store_XXXXXX");
+  assert_non_null(mkdtemp(f->dir));
+  snprintf(f->db, sizeof f->db, "%s/calpost.db", f->dir);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  struct fixture *f = *state;
+  cp_store_close(f->s);
+  const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < 4; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "%s%s", f->db, suffixes[i]);
+    unlink(path);
+  }
+  rmdir(f->dir);
+  free(f);
+  return 0;
+}
+
+static struct cp_store *open_store(struct fixture *f) {
+  char err[256];
+  struct cp_store *s = NULL;
+  int rc = cp_store_open(NULL, f->dir, &s, err, sizeof err);
+  if (rc != 0)
+    fail_msg("open: %s (%s)", err, cp_err_name(rc));
+  return s;
+}
+
+static void reopen(struct fixture *f) {
+  cp_store_close(f->s);
+  f->s = open_store(f);
+}
+
+/* An item with id "000000000000000N" style ids from a short tag. */
+static struct cp_store_item item(const char *id, const char *channel, int64_t due_ms,
+                                 enum cp_post_state state, char hash) {
+  struct cp_store_item it = {.calendar = "editorial",
+                             .uid = "uid@example.org",
+                             .occurrence = "single",
+                             .channel = channel,
+                             .due_ms = due_ms,
+                             .state = state};
+  snprintf(it.id, sizeof it.id, "%s", id);
+  memset(it.hash, hash, CP_STORE_HASH_LEN);
+  it.hash[CP_STORE_HASH_LEN] = '\0';
+  return it;
+}
+
+#define ID_A "aaaaaaaaaaaaaaaa"
+#define ID_B "bbbbbbbbbbbbbbbb"
+#define ID_C "cccccccccccccccc"
+#define ID_D "dddddddddddddddd"
+#define ID_E "eeeeeeeeeeeeeeee"
+#define ID_F "ffffffffffffffff"
+#define ID_G "0000000000000001"
+#define ID_H "0000000000000002"
+
+static enum cp_store_state state_of(struct cp_store *s, const char *id) {
+  struct cp_store_post *p = NULL;
+  int rc = cp_store_get(s, id, &p);
+  if (rc != 0)
+    fail_msg("get %s: %s", id, cp_store_errmsg(s));
+  enum cp_store_state st = p->state;
+  cp_store_post_free(p);
+  return st;
+}
+
+static struct cp_store_post *get(struct cp_store *s, const char *id) {
+  struct cp_store_post *p = NULL;
+  assert_int_equal(cp_store_get(s, id, &p), 0);
+  return p;
+}
+
+static struct cp_store_counts reconcile(struct cp_store *s, const struct cp_store_item *items,
+                                        size_t n, bool dry) {
+  struct cp_store_counts c;
+  int rc = cp_store_reconcile(s, items, n, NOW, dry, &c);
+  if (rc != 0)
+    fail_msg("reconcile: %s", cp_store_errmsg(s));
+  return c;
+}
+
+static void send_with(struct cp_store *s, const char *id, enum cp_outcome outcome,
+                      enum cp_store_state next, int64_t at) {
+  bool claimed = false;
+  assert_int_equal(cp_store_mark_sending(s, id, at, &claimed), 0);
+  assert_true(claimed);
+  struct cp_store_result r = {.at_ms = at,
+                              .outcome = outcome,
+                              .http_status = outcome == CP_OUTCOME_OK ? 200 : 500,
+                              .message = outcome == CP_OUTCOME_OK ? NULL : "boom",
+                              .remote_id = outcome == CP_OUTCOME_OK ? "remote-1" : NULL,
+                              .remote_url = outcome == CP_OUTCOME_OK ? "https://x/1" : NULL,
+                              .next = next,
+                              .retry_at_ms = at + MIN};
+  int rc = cp_store_record_attempt(s, id, &r);
+  if (rc != 0)
+    fail_msg("record %s: %s", id, cp_store_errmsg(s));
+}
+
+static int64_t raw_int(const char *db, const char *sql) {
+  sqlite3 *h;
+  assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return v;
+}
+
+static void raw_exec(const char *db, const char *sql) {
+  sqlite3 *h;
+  assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(h);
+}
+
+static void file_is_private(void **state) {
+  struct fixture *f = *state;
+  mode_t old = umask(022); /* what SQLite alone would turn into 0644 */
+  f->s = open_store(f);
+  umask(old);
+  assert_int_equal(cp_store_meta_set(f->s, "started", "yes"), 0);
+  struct stat sb;
+  assert_int_equal(stat(f->db, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+  char wal[128];
+  snprintf(wal, sizeof wal, "%s-wal", f->db);
+  assert_int_equal(stat(wal, &sb), 0); /* WAL mode is on */
+  assert_int_equal(sb.st_mode & 0777, 0600);
+}
+
+static void existing_file_is_tightened(void **state) {
+  struct fixture *f = *state;
+  FILE *fp = fopen(f->db, "w");
+  assert_non_null(fp);
+  fclose(fp);
+  assert_int_equal(chmod(f->db, 0644), 0);
+  f->s = open_store(f);
+  struct stat sb;
+  assert_int_equal(stat(f->db, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+}
+
+static void reconcile_adds_moves_and_cancels(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan1[] = {
+      item(ID_A, "mastodon", NOW + 10 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "mastodon", NOW + 20 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "bluesky", NOW + 30 * MIN, CP_POST_SCHEDULED, 'c'),
+      item(ID_D, "bluesky", NOW + 40 * MIN, CP_POST_DRAFT, 'd'),
+  };
+  struct cp_store_counts c = reconcile(f->s, plan1, 4, false);
+  assert_int_equal(c.added, 3); /* the draft is not queued */
+  assert_int_equal(c.updated, 0);
+  assert_int_equal(c.cancelled, 0);
+  assert_int_equal(c.pending, 0);
+
+  /* B moves, C disappears, A's text changes, E is new, D stays a draft. */
+  struct cp_store_item plan2[] = {
+      item(ID_A, "mastodon", NOW + 10 * MIN, CP_POST_SCHEDULED, 'A'),
+      item(ID_B, "mastodon", NOW + 25 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_D, "bluesky", NOW + 40 * MIN, CP_POST_DRAFT, 'd'),
+      item(ID_E, "bluesky", NOW + 50 * MIN, CP_POST_SCHEDULED, 'e'),
+  };
+  c = reconcile(f->s, plan2, 4, false);
+  assert_int_equal(c.added, 1);
+  assert_int_equal(c.updated, 2);
+  assert_int_equal(c.cancelled, 1);
+  assert_int_equal(c.pending, 3);
+
+  struct cp_store_post *b = get(f->s, ID_B);
+  assert_int_equal(b->state, CP_STORE_PENDING);
+  assert_int_equal(b->due_ms, NOW + 25 * MIN);
+  assert_int_equal(b->next_ms, NOW + 25 * MIN);
+  cp_store_post_free(b);
+  struct cp_store_post *a = get(f->s, ID_A);
+  assert_int_equal(a->hash[0], 'A');
+  cp_store_post_free(a);
+  assert_int_equal(state_of(f->s, ID_C), CP_STORE_CANCELLED);
+  assert_int_equal(state_of(f->s, ID_E), CP_STORE_PENDING);
+  struct cp_store_post *d = NULL;
+  assert_int_equal(cp_store_get(f->s, ID_D, &d), CP_ENOTFOUND);
+
+  /* The same plan again changes nothing. */
+  c = reconcile(f->s, plan2, 4, false);
+  assert_int_equal(c.added + c.updated + c.cancelled, 0);
+}
+
+static void reconcile_never_touches_settled_posts(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  const char *ids[] = {ID_A, ID_B, ID_C, ID_D, ID_E, ID_F};
+  struct cp_store_item plan[6];
+  for (int i = 0; i < 6; i++)
+    plan[i] = item(ids[i], "mastodon", NOW - 60 * MIN + i, CP_POST_SCHEDULED, 'x');
+  reconcile(f->s, plan, 6, false);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW);
+  send_with(f->s, ID_B, CP_OUTCOME_PERMANENT, CP_STORE_FAILED, NOW);
+  send_with(f->s, ID_C, CP_OUTCOME_UNKNOWN, CP_STORE_UNKNOWN, NOW);
+  bool claimed;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_D, NOW, &claimed), 0);
+  assert_int_equal(cp_store_skip(f->s, ID_E, NOW), 0);
+  assert_int_equal(cp_store_mark_missed(f->s, NULL, 5 * MIN, NOW, NULL), 0);
+  assert_int_equal(state_of(f->s, ID_F), CP_STORE_MISSED);
+
+  /* Every post moved and rewritten in the plan: nothing may change. */
+  struct cp_store_item moved[6];
+  for (int i = 0; i < 6; i++)
+    moved[i] = item(ids[i], "mastodon", NOW + 60 * MIN, CP_POST_SCHEDULED, 'y');
+  struct cp_store_counts c = reconcile(f->s, moved, 6, false);
+  assert_int_equal(c.added + c.updated + c.cancelled, 0);
+  /* Removed from the plan, or turned into drafts: nothing either. */
+  c = reconcile(f->s, NULL, 0, false);
+  assert_int_equal(c.cancelled, 0);
+  for (int i = 0; i < 6; i++)
+    moved[i].state = CP_POST_CANCELLED;
+  c = reconcile(f->s, moved, 6, false);
+  assert_int_equal(c.added + c.updated + c.cancelled, 0);
+
+  enum cp_store_state want[] = {CP_STORE_SENT,    CP_STORE_FAILED,  CP_STORE_UNKNOWN,
+                                CP_STORE_SENDING, CP_STORE_SKIPPED, CP_STORE_MISSED};
+  for (int i = 0; i < 6; i++) {
+    struct cp_store_post *p = get(f->s, ids[i]);
+    assert_int_equal(p->state, want[i]);
+    assert_int_equal(p->due_ms, NOW - 60 * MIN + i);
+    assert_int_equal(p->hash[0], 'x');
+    cp_store_post_free(p);
+  }
+  struct cp_store_post *a = get(f->s, ID_A);
+  assert_string_equal(a->remote_id, "remote-1");
+  assert_string_equal(a->remote_url, "https://x/1");
+  cp_store_post_free(a);
+}
+
+static void draft_cancels_and_rescheduling_restores(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item it = item(ID_A, "mastodon", NOW + MIN, CP_POST_SCHEDULED, 'a');
+  reconcile(f->s, &it, 1, false);
+  it.state = CP_POST_DRAFT;
+  struct cp_store_counts c = reconcile(f->s, &it, 1, false);
+  assert_int_equal(c.cancelled, 1);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_CANCELLED);
+  it.state = CP_POST_SCHEDULED;
+  it.due_ms = NOW + 2 * MIN;
+  c = reconcile(f->s, &it, 1, false);
+  assert_int_equal(c.added, 1);
+  struct cp_store_post *p = get(f->s, ID_A);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  assert_int_equal(p->next_ms, NOW + 2 * MIN);
+  cp_store_post_free(p);
+}
+
+static void dry_run_counts_without_changing(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW + MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW + 2 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "m", NOW + 3 * MIN, CP_POST_SCHEDULED, 'c'),
+  };
+  reconcile(f->s, plan, 3, false);
+  struct cp_store_item next[] = {
+      item(ID_A, "m", NOW + 5 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_D, "m", NOW + 2 * MIN, CP_POST_SCHEDULED, 'd'),
+  };
+  struct cp_store_counts dry = reconcile(f->s, next, 2, true);
+  assert_int_equal(dry.added, 1);
+  assert_int_equal(dry.updated, 1);
+  assert_int_equal(dry.cancelled, 2);
+  assert_int_equal(dry.pending, 3);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_PENDING);
+  struct cp_store_post *a = get(f->s, ID_A);
+  assert_int_equal(a->due_ms, NOW + MIN);
+  cp_store_post_free(a);
+  struct cp_store_post *d = NULL;
+  assert_int_equal(cp_store_get(f->s, ID_D, &d), CP_ENOTFOUND);
+  /* The real run reports exactly what the dry run predicted. */
+  struct cp_store_counts real = reconcile(f->s, next, 2, false);
+  assert_memory_equal(&dry, &real, sizeof dry);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_CANCELLED);
+}
+
+static void duplicate_ids_change_nothing(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW + MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_A, "m", NOW + 2 * MIN, CP_POST_SCHEDULED, 'b'),
+  };
+  struct cp_store_counts c;
+  assert_int_equal(cp_store_reconcile(f->s, plan, 2, NOW, false, &c), CP_EINVAL);
+  assert_non_null(strstr(cp_store_errmsg(f->s), ID_A));
+  struct cp_store_posts *all = NULL;
+  assert_int_equal(cp_store_list(f->s, NULL, 0, 0, &all), 0);
+  assert_int_equal(all->n, 0);
+  cp_store_posts_free(all);
+}
+
+static void reopen_keeps_state_and_migrates_once(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW - MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW + MIN, CP_POST_SCHEDULED, 'b'),
+  };
+  reconcile(f->s, plan, 2, false);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW);
+  assert_int_equal(cp_store_channel_pause(f->s, "m", 0, "token revoked"), 0);
+  assert_int_equal(cp_store_meta_set(f->s, "plan_etag", "v1"), 0);
+  for (int i = 0; i < 3; i++)
+    reopen(f);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_SENT);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_PENDING);
+  char *v = NULL;
+  assert_int_equal(cp_store_meta_get(f->s, "plan_etag", &v), 0);
+  assert_string_equal(v, "v1");
+  free(v);
+  struct cp_store_channel_status *cs = NULL;
+  assert_int_equal(cp_store_channel_status(f->s, "m", NOW, &cs), 0);
+  assert_true(cs->paused);
+  assert_string_equal(cs->pause_reason, "token revoked");
+  cp_store_channel_status_free(cs);
+  cp_store_close(f->s);
+  f->s = NULL;
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 1);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 1);
+  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 1);
+  sqlite3 *h;
+  assert_int_equal(sqlite3_open(f->db, &h), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(h, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+}
+
+static void newer_schema_is_refused(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  cp_store_close(f->s);
+  f->s = NULL;
+  raw_exec(f->db, "PRAGMA user_version = 99");
+  char err[256];
+  struct cp_store *s = NULL;
+  assert_int_equal(cp_store_open("sqlite", f->dir, &s, err, sizeof err), CP_EDB);
+  assert_null(s);
+  assert_non_null(strstr(err, "newer"));
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 99);
+}
+
+static void unknown_backend_is_refused(void **state) {
+  struct fixture *f = *state;
+  char err[256];
+  struct cp_store *s = NULL;
+  assert_int_equal(cp_store_open("postgresql", f->dir, &s, err, sizeof err), CP_EINVAL);
+  assert_non_null(strstr(err, "postgresql"));
+}
+
+static void crash_while_sending_is_found_at_startup(void **state) {
+  struct fixture *f = *state;
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW + MIN, CP_POST_SCHEDULED, 'b'),
+  };
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    /* The daemon: claims A, then dies before the answer, without closing anything. */
+    struct cp_store *s = NULL;
+    struct cp_store_counts c;
+    bool claimed = false;
+    if (cp_store_open(NULL, f->dir, &s, NULL, 0) || cp_store_reconcile(s, plan, 2, NOW, 0, &c) ||
+        cp_store_mark_sending(s, ID_A, NOW, &claimed) || !claimed)
+      _exit(1);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+  f->s = open_store(f);
+  struct cp_store_posts *sending = NULL;
+  assert_int_equal(cp_store_list(f->s, NULL, 1u << CP_STORE_SENDING, 0, &sending), 0);
+  assert_int_equal(sending->n, 1);
+  assert_string_equal(sending->v[0].id, ID_A);
+  assert_int_equal(sending->v[0].attempts, 1);
+  cp_store_posts_free(sending);
+  /* It is not offered again... */
+  struct cp_store_post *next = NULL;
+  assert_int_equal(cp_store_next_due(f->s, NULL, &next), 0);
+  assert_string_equal(next->id, ID_B);
+  cp_store_post_free(next);
+  /* ...until recovery settles it: unknown on a connector without idempotency. */
+  struct cp_store_result r = {.at_ms = NOW + MIN,
+                              .outcome = CP_OUTCOME_UNKNOWN,
+                              .message = "interrupted while sending",
+                              .next = CP_STORE_UNKNOWN};
+  assert_int_equal(cp_store_record_attempt(f->s, ID_A, &r), 0);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_UNKNOWN);
+  struct cp_store_attempts *at = NULL;
+  assert_int_equal(cp_store_attempts(f->s, ID_A, &at), 0);
+  assert_int_equal(at->n, 1);
+  assert_int_equal(at->v[0].outcome, CP_OUTCOME_UNKNOWN);
+  assert_string_equal(at->v[0].message, "interrupted while sending");
+  cp_store_attempts_free(at);
+}
+
+static void close_without_finishing_keeps_sending(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item it = item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a');
+  reconcile(f->s, &it, 1, false);
+  bool claimed;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  reopen(f);
+  struct cp_store_posts *sending = NULL;
+  assert_int_equal(cp_store_list(f->s, "m", 1u << CP_STORE_SENDING, 0, &sending), 0);
+  assert_int_equal(sending->n, 1);
+  cp_store_posts_free(sending);
+}
+
+static void a_post_is_claimed_once(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store *other = open_store(f); /* a second daemon on the same file */
+  struct cp_store_item it = item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a');
+  reconcile(f->s, &it, 1, false);
+  bool first = false, second = true;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &first), 0);
+  assert_int_equal(cp_store_mark_sending(other, ID_A, NOW, &second), 0);
+  assert_true(first);
+  assert_false(second);
+  assert_int_equal(cp_store_mark_sending(f->s, ID_B, NOW, &second), CP_ENOTFOUND);
+  assert_int_equal(cp_store_mark_sending(f->s, "not-an-id", NOW, &second), CP_EINVAL);
+  cp_store_close(other);
+}
+
+static void retry_then_success_records_every_attempt(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item it = item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a');
+  reconcile(f->s, &it, 1, false);
+  send_with(f->s, ID_A, CP_OUTCOME_RETRY, CP_STORE_PENDING, NOW);
+  struct cp_store_post *p = get(f->s, ID_A);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  assert_int_equal(p->next_ms, NOW + MIN);
+  assert_int_equal(p->due_ms, NOW);
+  cp_store_post_free(p);
+  /* Not due before the retry time. */
+  struct cp_store_post *next = NULL;
+  assert_int_equal(cp_store_next_due(f->s, "m", &next), 0);
+  assert_int_equal(next->next_ms, NOW + MIN);
+  cp_store_post_free(next);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW + MIN);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_SENT);
+
+  struct cp_store_attempts *at = NULL;
+  assert_int_equal(cp_store_attempts(f->s, ID_A, &at), 0);
+  assert_int_equal(at->n, 2);
+  assert_int_equal(at->v[0].n, 1);
+  assert_int_equal(at->v[0].outcome, CP_OUTCOME_RETRY);
+  assert_int_equal(at->v[0].http_status, 500);
+  assert_string_equal(at->v[0].message, "boom");
+  assert_null(at->v[0].remote_id);
+  assert_int_equal(at->v[1].n, 2);
+  assert_int_equal(at->v[1].outcome, CP_OUTCOME_OK);
+  assert_int_equal(at->v[1].at_ms, NOW + MIN);
+  assert_string_equal(at->v[1].remote_url, "https://x/1");
+  cp_store_attempts_free(at);
+
+  /* A sent post cannot get another attempt. */
+  struct cp_store_result again = {.at_ms = NOW, .outcome = CP_OUTCOME_OK, .next = CP_STORE_SENT};
+  assert_int_equal(cp_store_record_attempt(f->s, ID_A, &again), CP_EINVAL);
+  assert_non_null(strstr(cp_store_errmsg(f->s), "sent"));
+  assert_int_equal(cp_store_attempts(f->s, ID_A, &at), 0);
+  assert_int_equal(at->n, 2);
+  cp_store_attempts_free(at);
+}
+
+static void long_messages_are_cut_on_a_character(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item it = item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a');
+  reconcile(f->s, &it, 1, false);
+  char msg[CP_STORE_MESSAGE_MAX + 64];
+  memset(msg, 'x', sizeof msg);
+  memcpy(msg + CP_STORE_MESSAGE_MAX - 1, "\xc3\xa9", 2); /* é across the limit */
+  msg[sizeof msg - 1] = '\0';
+  bool claimed;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  struct cp_store_result r = {
+      .at_ms = NOW, .outcome = CP_OUTCOME_PERMANENT, .message = msg, .next = CP_STORE_FAILED};
+  assert_int_equal(cp_store_record_attempt(f->s, ID_A, &r), 0);
+  struct cp_store_attempts *at = NULL;
+  assert_int_equal(cp_store_attempts(f->s, ID_A, &at), 0);
+  assert_int_equal(strlen(at->v[0].message), CP_STORE_MESSAGE_MAX - 1);
+  cp_store_attempts_free(at);
+}
+
+static void next_due_orders_and_honours_pauses(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "mastodon", NOW + 10 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "bluesky", NOW + 20 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "mastodon", NOW + 30 * MIN, CP_POST_SCHEDULED, 'c'),
+  };
+  reconcile(f->s, plan, 3, false);
+  struct cp_store_post *p = NULL;
+  assert_int_equal(cp_store_next_due(f->s, NULL, &p), 0);
+  assert_string_equal(p->id, ID_A);
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_next_due(f->s, "bluesky", &p), 0);
+  assert_string_equal(p->id, ID_B);
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_next_due(f->s, "telegram", &p), CP_ENOTFOUND);
+
+  assert_int_equal(cp_store_channel_pause(f->s, "mastodon", 0, NULL), 0);
+  assert_int_equal(cp_store_next_due(f->s, NULL, &p), 0);
+  assert_string_equal(p->id, ID_B);
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_next_due(f->s, "mastodon", &p), CP_ENOTFOUND);
+
+  assert_int_equal(cp_store_channel_pause(f->s, "mastodon", NOW + 25 * MIN, "429"), 0);
+  assert_int_equal(cp_store_next_due(f->s, "mastodon", &p), 0);
+  assert_string_equal(p->id, ID_A);
+  assert_int_equal(p->next_ms, NOW + 25 * MIN); /* held until the pause ends */
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_next_due(f->s, NULL, &p), 0);
+  assert_string_equal(p->id, ID_B);
+  cp_store_post_free(p);
+
+  assert_int_equal(cp_store_channel_resume(f->s, "mastodon"), 0);
+  assert_int_equal(cp_store_next_due(f->s, NULL, &p), 0);
+  assert_string_equal(p->id, ID_A);
+  assert_int_equal(p->next_ms, NOW + 10 * MIN);
+  cp_store_post_free(p);
+}
+
+static void misfires_respect_the_channel_grace(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "mastodon", NOW - 10 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "mastodon", NOW - 1 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "bluesky", NOW - 10 * MIN, CP_POST_SCHEDULED, 'c'),
+  };
+  reconcile(f->s, plan, 3, false);
+  struct cp_store_posts *missed = NULL;
+  assert_int_equal(cp_store_mark_missed(f->s, "mastodon", 5 * MIN, NOW, &missed), 0);
+  assert_int_equal(missed->n, 1);
+  assert_string_equal(missed->v[0].id, ID_A);
+  assert_int_equal(missed->v[0].state, CP_STORE_MISSED);
+  cp_store_posts_free(missed);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_PENDING);
+  assert_int_equal(state_of(f->s, ID_C), CP_STORE_PENDING);
+  /* A bigger grace on the other channel keeps its post. */
+  assert_int_equal(cp_store_mark_missed(f->s, "bluesky", 15 * MIN, NOW, &missed), 0);
+  assert_int_equal(missed->n, 0);
+  cp_store_posts_free(missed);
+  assert_int_equal(state_of(f->s, ID_C), CP_STORE_PENDING);
+}
+
+static void skip_and_retry_by_hand(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW - 60 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW, CP_POST_SCHEDULED, 'b'),
+  };
+  reconcile(f->s, plan, 2, false);
+  assert_int_equal(cp_store_skip(f->s, ID_A, NOW), 0);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_SKIPPED);
+  assert_int_equal(cp_store_retry(f->s, ID_A, NOW + MIN), 0);
+  struct cp_store_post *p = get(f->s, ID_A);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  assert_int_equal(p->next_ms, NOW + MIN);
+  cp_store_post_free(p);
+  /* A retried post is not instantly missed because its due time is old. */
+  assert_int_equal(cp_store_mark_missed(f->s, NULL, 5 * MIN, NOW + MIN, NULL), 0);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_PENDING);
+
+  assert_int_equal(cp_store_retry(f->s, ID_B, NOW), CP_EINVAL); /* pending already */
+  send_with(f->s, ID_B, CP_OUTCOME_OK, CP_STORE_SENT, NOW);
+  assert_int_equal(cp_store_skip(f->s, ID_B, NOW), CP_EINVAL);
+  assert_non_null(strstr(cp_store_errmsg(f->s), "sent"));
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_SENT);
+  assert_int_equal(cp_store_skip(f->s, ID_G, NOW), CP_ENOTFOUND);
+}
+
+static void channel_status_for_people(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW + MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "m", NOW + 2 * MIN, CP_POST_SCHEDULED, 'c'),
+      item(ID_D, "other", NOW, CP_POST_SCHEDULED, 'd'),
+  };
+  reconcile(f->s, plan, 4, false);
+  send_with(f->s, ID_A, CP_OUTCOME_PERMANENT, CP_STORE_FAILED, NOW);
+  send_with(f->s, ID_D, CP_OUTCOME_AUTH, CP_STORE_FAILED, NOW + MIN); /* other channel */
+  assert_int_equal(cp_store_channel_pause(f->s, "m", NOW + 5 * MIN, "rate limited"), 0);
+  struct cp_store_channel_status *cs = NULL;
+  assert_int_equal(cp_store_channel_status(f->s, "m", NOW, &cs), 0);
+  assert_int_equal(cs->counts[CP_STORE_PENDING], 2);
+  assert_int_equal(cs->counts[CP_STORE_FAILED], 1);
+  assert_true(cs->has_next);
+  assert_string_equal(cs->next_id, ID_B);
+  assert_true(cs->paused);
+  assert_int_equal(cs->paused_until_ms, NOW + 5 * MIN);
+  assert_true(cs->has_error);
+  assert_string_equal(cs->error_post, ID_A);
+  assert_int_equal(cs->error_outcome, CP_OUTCOME_PERMANENT);
+  assert_int_equal(cs->error_http_status, 500);
+  assert_string_equal(cs->error_message, "boom");
+  cp_store_channel_status_free(cs);
+  /* The pause has run out by then. */
+  assert_int_equal(cp_store_channel_status(f->s, "m", NOW + 6 * MIN, &cs), 0);
+  assert_false(cs->paused);
+  cp_store_channel_status_free(cs);
+  assert_int_equal(cp_store_channel_status(f->s, "nothing", NOW, &cs), 0);
+  assert_int_equal(cs->counts[CP_STORE_PENDING], 0);
+  assert_false(cs->has_next || cs->has_error || cs->paused);
+  cp_store_channel_status_free(cs);
+}
+
+static void metadata(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  char *v = NULL;
+  assert_int_equal(cp_store_meta_get(f->s, "k", &v), CP_ENOTFOUND);
+  assert_int_equal(cp_store_meta_set(f->s, "k", "1"), 0);
+  assert_int_equal(cp_store_meta_set(f->s, "k", "2"), 0);
+  assert_int_equal(cp_store_meta_get(f->s, "k", &v), 0);
+  assert_string_equal(v, "2");
+  free(v);
+}
+
+static void item_hash_follows_published_content(void **state) {
+  struct cp_media media = {.src = "img.png", .alt = "a cat"};
+  struct cp_post post = {.id = ID_A,
+                         .calendar = "c",
+                         .uid = "u",
+                         .occurrence = "single",
+                         .channel = "m",
+                         .due = 1800000000,
+                         .title = "T",
+                         .text = "hello",
+                         .media = &media,
+                         .n_media = 1};
+  struct cp_store_item a, b;
+  assert_int_equal(cp_store_item_from_post(&a, &post), 0);
+  assert_int_equal(a.due_ms, 1800000000000LL);
+  assert_int_equal(strlen(a.hash), CP_STORE_HASH_LEN);
+  assert_int_equal(cp_store_item_from_post(&b, &post), 0);
+  assert_string_equal(a.hash, b.hash);
+  post.text = "hello!";
+  assert_int_equal(cp_store_item_from_post(&b, &post), 0);
+  assert_string_not_equal(a.hash, b.hash);
+  post.text = "hello";
+  media.alt = "a dog";
+  assert_int_equal(cp_store_item_from_post(&b, &post), 0);
+  assert_string_not_equal(a.hash, b.hash);
+  media.alt = "a cat";
+  post.due += 60; /* moving a post is not a content change */
+  assert_int_equal(cp_store_item_from_post(&b, &post), 0);
+  assert_string_equal(a.hash, b.hash);
+  memcpy(post.id, "XYZ", 4);
+  assert_int_equal(cp_store_item_from_post(&b, &post), CP_EINVAL);
+}
+
+int main(void) {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+  const struct CMUnitTest tests[] = {
+      T(file_is_private),
+      T(existing_file_is_tightened),
+      T(reconcile_adds_moves_and_cancels),
+      T(reconcile_never_touches_settled_posts),
+      T(draft_cancels_and_rescheduling_restores),
+      T(dry_run_counts_without_changing),
+      T(duplicate_ids_change_nothing),
+      T(reopen_keeps_state_and_migrates_once),
+      T(newer_schema_is_refused),
+      T(unknown_backend_is_refused),
+      T(crash_while_sending_is_found_at_startup),
+      T(close_without_finishing_keeps_sending),
+      T(a_post_is_claimed_once),
+      T(retry_then_success_records_every_attempt),
+      T(long_messages_are_cut_on_a_character),
+      T(next_due_orders_and_honours_pauses),
+      T(misfires_respect_the_channel_grace),
+      T(skip_and_retry_by_hand),
+      T(channel_status_for_people),
+      T(metadata),
+      cmocka_unit_test(item_hash_follows_published_content),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
