@@ -1672,7 +1672,9 @@ static int expand_group(struct cp_plan *plan, struct ev **evs, size_t n) {
     if (at->is_utc)
       due = at->utc;
     int64_t in_window = 0;
-    bool cancelled = ov->status == EV_CANCELLED || (g.master && g.master->status == EV_CANCELLED);
+    /* An override's own STATUS wins; without one it shares the fate of a cancelled series. */
+    bool cancelled = ov->status == EV_CANCELLED ||
+                     (ov->status == EV_NONE && g.master && g.master->status == EV_CANCELLED);
     if ((rc = emit(plan, ov, &s, false, due, at->is_date, cancelled, &in_window)) < 0)
       goto out;
   }

@@ -38,6 +38,8 @@ def run_check(args):
     except subprocess.TimeoutExpired:
         return None, [], "timed out after 120 s"
     out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+    if "Sanitizer" in out or "runtime error:" in out:
+        return None, [], "sanitizer report: " + out[-2000:]
     diags = []
     for line in out.splitlines():
         m = DIAG_RE.match(line)

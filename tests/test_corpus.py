@@ -99,6 +99,11 @@ def run_plan(args, files):
         p = subprocess.run(cmd, capture_output=True, timeout=120)
     except subprocess.TimeoutExpired:
         return None, "timed out after 120 s"
+    err = p.stderr.decode("utf-8", "replace")
+    if "Sanitizer" in err or "runtime error:" in err:
+        return None, f"sanitizer report: {err[-2000:]}"
+    if p.returncode != 0:
+        return None, f"exit {p.returncode}; stderr: {err[-2000:]}"
     try:
         return json.loads(p.stdout.decode("utf-8")), None
     except (ValueError, UnicodeDecodeError) as e:

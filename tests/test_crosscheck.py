@@ -147,6 +147,15 @@ def _dead_override(ctx, side, uid, due):
                for o in ctx["overrides"].get(uid, []))
 
 
+def _override_of_cancelled_series(ctx, side, uid, due):
+    """The oracle shows an override without a STATUS of its own in a cancelled series."""
+    m = ctx["masters"].get(uid)
+    if side != "oracle" or m is None or str(m.get("STATUS", "")).upper() != "CANCELLED":
+        return False
+    return any("STATUS" not in o and _to_utc(o["DTSTART"].dt, ctx["plan_zone"]) == due
+               for o in ctx["overrides"].get(uid, []))
+
+
 RRULE_PARTS = {"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE", "BYHOUR", "BYDAY",
                "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYMONTH", "BYSETPOS", "WKST"}
 
@@ -191,6 +200,10 @@ KNOWN_ORACLE_DIFFERENCES = [
     ("dead-override", "RFC 5545 3.8.4.4: RECURRENCE-ID names an instance of the recurrence set; an "
      "instance removed by EXDATE (3.8.5.1) is not in the set, so an override naming it is dead "
      "(deleted modification, RIE issue_163). The oracle still lists the override.", _dead_override),
+    ("override-of-cancelled-series", "RFC 5545 3.8.1.11 gives STATUS per component and says "
+     "nothing of an override without one in a cancelled series; calpost's documented rule "
+     "(README, Drafts and cancellations) cancels it with its series, since the editor cancelled "
+     "the whole series. The oracle publishes it.", _override_of_cancelled_series),
     ("crash-rdate-period", "RFC 5545 3.8.5.2: RDATE;VALUE=PERIOD is valid; the oracle raises TypeError "
      "(compares a PERIOD tuple with datetimes).", _oracle_crash("period")),
     ("invalid-rrule", "RFC 5545 3.3.10: COUNT is 1*DIGIT and MUST NOT occur with UNTIL; 'UNTL' is no "
@@ -206,6 +219,9 @@ def calpost_set(path, start_date, days, plan_tz):
     cmd = [CALPOST, "plan", "--format", "json", "--from", start_date, "--days", str(days),
            "--timezone", plan_tz, path]
     p = subprocess.run(cmd, capture_output=True, timeout=600)
+    err = p.stderr.decode("utf-8", "replace")
+    if "Sanitizer" in err or "runtime error:" in err or p.returncode != 0:
+        raise RuntimeError(f"calpost plan failed (exit {p.returncode}): {err[-2000:]}")
     try:
         doc = json.loads(p.stdout.decode("utf-8"))
     except ValueError:
