@@ -168,6 +168,8 @@ static void diag(struct cp_plan *plan, const char *file, int line, bool error, c
     return;
   }
   plan->n_diags++;
+  if (error && (strstr(msg, "was not read") || strstr(msg, "cannot read the")))
+    plan->n_unread++;
   if (error)
     plan->n_errors++;
   else
@@ -666,10 +668,11 @@ struct comp {
 };
 
 /* Reads one calendar file into cal. Returns 0 (problems become diagnostics) or CP_ENOMEM. */
-static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
+/* Reads path; messages name it `name` (the source as the editor knows it). */
+static int load_file(struct cp_plan *plan, struct cal *cal, const char *path, const char *name) {
   struct cp__plan_priv *p = plan->priv;
   const struct cp_plan_opts *o = p->opts;
-  const char *file = keep(plan, strdup(path));
+  const char *file = keep(plan, strdup(name));
   if (!file)
     return CP_ENOMEM;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -867,8 +870,8 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
       icalcomponent *vc = icalparser_parse_string(wrapped);
       for (icalproperty *q = vc ? icalcomponent_get_first_property(vc, ICAL_X_PROPERTY) : NULL; q;
            q = icalcomponent_get_next_property(vc, ICAL_X_PROPERTY)) {
-        const char *name = icalproperty_get_x_name(q);
-        if (name && !strcasecmp(name, "X-WR-TIMEZONE") && icalproperty_get_x(q)) {
+        const char *xname = icalproperty_get_x_name(q);
+        if (xname && !strcasecmp(xname, "X-WR-TIMEZONE") && icalproperty_get_x(q)) {
           struct cp_tz z;
           char *v = unescape_text(icalproperty_get_x(q));
           if (v) {
@@ -946,6 +949,13 @@ static int load_file(struct cp_plan *plan, struct cal *cal, const char *path) {
 }
 
 static int load_path(struct cp_plan *plan, struct cal *cal, const char *path) {
+  const struct cp_plan_opts *o = plan->priv->opts;
+  char resolved[4096];
+  if (o->resolve && o->resolve(o->resolve_arg, path, resolved, sizeof resolved) == 0) {
+    struct stat rst;
+    if (stat(resolved, &rst) == 0 && !S_ISDIR(rst.st_mode))
+      return load_file(plan, cal, resolved, path);
+  }
   struct stat st;
   if (strstr(path, "://")) {
     diag(plan, path, 0, false,
@@ -957,7 +967,7 @@ static int load_path(struct cp_plan *plan, struct cal *cal, const char *path) {
     return 0;
   }
   if (!S_ISDIR(st.st_mode))
-    return load_file(plan, cal, path);
+    return load_file(plan, cal, path, path);
   struct dirent **names = NULL;
   int n = scandir(path, &names, NULL, alphasort);
   if (n < 0) {
@@ -974,7 +984,7 @@ static int load_path(struct cp_plan *plan, struct cal *cal, const char *path) {
         rc = CP_ENOMEM;
       } else {
         sprintf(full, "%s/%s", path, names[i]->d_name);
-        rc = load_file(plan, cal, full);
+        rc = load_file(plan, cal, full, full);
         free(full);
       }
     }

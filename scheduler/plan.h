@@ -26,6 +26,11 @@ struct cp_plan_opts {
   const char *const *files; /* if n_files > 0: these files/folders instead of the config's */
   size_t n_files;
   const char *timezone; /* overrides the config's plan zone when not NULL */
+  /* Where to read a configured source from (the daemon's cached copy of a remote calendar or
+   * its last good copy): writes a file path into buf and returns 0, or returns non-zero to read
+   * the source itself. Messages still name the source. NULL: read sources directly. */
+  int (*resolve)(void *arg, const char *source, char *buf, size_t len);
+  void *resolve_arg;
 };
 
 struct cp_plan {
@@ -34,6 +39,7 @@ struct cp_plan {
   size_t n_diags;
   size_t n_errors;
   size_t n_warnings;
+  size_t n_unread; /* files that could not be read at all (not a calendar, truncated, ...) */
   struct cp__plan_priv *priv;
 };
 
