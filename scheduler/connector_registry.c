@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <time.h>
 
@@ -342,6 +343,16 @@ static int read_secret_file(const struct cp_connector_conf *conf, const char *ke
   if (!f) {
     snprintf(err, errlen, "%s:%d: %s_file: cannot open %s: %s", conf->file, line, key, full,
              strerror(errno));
+    return CP_ECONFIG;
+  }
+  /* As ssh does with private keys: a secret that others can read is no longer a secret. */
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077)) {
+    snprintf(err, errlen,
+             "%s:%d: %s_file: %s can be read by other users (mode %04o); refusing it: run "
+             "`chmod 600 %s`",
+             conf->file, line, key, full, (unsigned)(st.st_mode & 07777), full);
+    fclose(f);
     return CP_ECONFIG;
   }
   char *buf = malloc(SECRET_FILE_MAX + 1);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -235,6 +236,14 @@ static void secrets_from_file_and_env(void **state) {
   const char *rel[] = {"token_file", "token", NULL}; /* relative to the config file */
   mock_conf_init(&mc, "x", rel);
   mc.conf.file = ini;
+  /* A secret file that others can read is refused, as ssh refuses such keys. */
+  assert_int_equal(chmod(key, 0644), 0);
+  assert_int_equal(cp_connector_secret_read(&mc.conf, "token", &s, err, sizeof err), CP_ECONFIG);
+  assert_non_null(strstr(err, "can be read by other users (mode 0644)"));
+  assert_null(strstr(err, "tok-123"));
+  assert_int_equal(chmod(key, 0640), 0);
+  assert_int_equal(cp_connector_secret_read(&mc.conf, "token", &s, err, sizeof err), CP_ECONFIG);
+  assert_int_equal(chmod(key, 0600), 0);
   assert_int_equal(cp_connector_secret_read(&mc.conf, "token", &s, err, sizeof err), 0);
   assert_string_equal(s, "tok-123");
   cp_connector_secret_free(s);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 #include <jansson.h>
@@ -40,6 +41,7 @@ static int setup(void **state) {
   FILE *fp = fopen(f->keyfile, "w");
   fputs(SECRET "\n", fp); /* the line end is not part of the key */
   fclose(fp);
+  assert_int_equal(chmod(f->keyfile, 0600), 0); /* others may not read secrets */
   mock_host_init(&f->mh, &cp_connector_webhook);
   *state = f;
   return 0;
