@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_control.h"
 
 struct command {
   const char *name;
@@ -13,6 +14,13 @@ struct command {
 static const struct command commands[] = {
     {"plan", cp_cli_plan, "show the agenda of upcoming posts"},
     {"check", cp_cli_check, "lint plan files like a compiler"},
+    {"run", cp_cli_run, "run the daemon in the foreground"},
+    {"status", cp_cli_status, "show the daemon's channels, queues and errors"},
+    {"pause", cp_cli_pause, "stop publishing on a channel or on all of them"},
+    {"resume", cp_cli_resume, "publish again after a pause"},
+    {"retry", cp_cli_retry, "queue a failed, missed or unknown post again"},
+    {"skip", cp_cli_skip, "never publish a pending post"},
+    {"confirm", cp_cli_confirm, "accept a plan change the daemon held"},
 };
 
 static void usage(FILE *out) {

@@ -1,0 +1,1314 @@
+/* calpost run: the daemon. main loop, top to bottom:
+ *   lock the state dir -> open the store -> start the channels' connectors -> settle posts a
+ *   crash left `sending` -> load the plan (held if it would cancel too much) -> reconcile ->
+ *   mark posts past their grace as missed -> arm one timer for the next due post -> serve the
+ *   control socket -> run until SIGTERM.
+ * Nothing blocks the loop except SQLite, whose writes are the durable promise (a post is
+ * `sending` on disk before its request leaves). */
+#include "daemon.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libical/ical.h>
+#include <uv.h>
+
+#include "backoff.h"
+#include "calpost/connector.h"
+#include "calpost/err.h"
+#include "config.h"
+#include "connector_registry.h"
+#include "control.h"
+#include "http.h"
+#include "plan.h"
+#include "ratelimit.h"
+#include "store.h"
+#include "sync.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Logging: one line per event on stderr, secrets replaced by "***".                        */
+
+static char **secrets;
+static size_t n_secrets;
+
+static void remember_secret(const char *s) {
+  if (!s || strlen(s) < 4)
+    return;
+  char **nv = realloc(secrets, (n_secrets + 1) * sizeof *nv);
+  if (!nv)
+    return;
+  secrets = nv;
+  if ((nv[n_secrets] = strdup(s)))
+    n_secrets++;
+}
+
+static void redact(char *line) {
+  for (size_t i = 0; i < n_secrets; i++) {
+    size_t sl = strlen(secrets[i]);
+    for (char *p = strstr(line, secrets[i]); p; p = strstr(p + 3, secrets[i])) {
+      memcpy(p, "***", 3);
+      memmove(p + 3, p + sl, strlen(p + sl) + 1);
+    }
+  }
+}
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static enum cp_log_level log_level = CP_LOG_INFO;
+
+static void vlogf(enum cp_log_level level, const char *who, const char *fmt, va_list ap) {
+  if (level > log_level)
+    return;
+  char msg[2048];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  for (char *c = msg; *c; c++)
+    if (*c == '\n' || *c == '\r')
+      *c = ' ';
+  redact(msg);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s%s%s\n", tm.tm_year + 1900,
+          tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+          level_names[level], who ? who : "", who ? ": " : "", msg);
+}
+
+__attribute__((format(printf, 2, 3))) static void logf_(enum cp_log_level level, const char *fmt,
+                                                        ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vlogf(level, NULL, fmt, ap);
+  va_end(ap);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Types                                                                                    */
+
+struct daemon;
+
+struct channel {
+  struct daemon *d;
+  const struct cp_channel_conf *conf;
+  const struct cp_connector *conn;
+  void *inst;
+  struct cp_connector_conf cconf;
+  struct cp_ratelimit rl;
+  int64_t grace_ms;
+  bool busy;        /* a post of this channel is in flight: posts go out in due order */
+  int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
+  bool notify_only; /* used only for notifications */
+};
+
+/* The current plan and an index from post id to its position. Plans are shared with posts in
+ * flight, which borrow their strings. */
+struct plan_ref {
+  struct cp_plan *plan;
+  int refs;
+  uint32_t *slots; /* open addressing: index + 1, 0 = empty */
+  size_t n_slots;
+};
+
+struct inflight {
+  struct cp_publish_req req;
+  struct daemon *d;
+  struct channel *ch;
+  struct plan_ref *pr;
+  struct cp_post post;
+  char key[128];
+  int64_t due_ms;
+  int attempts;
+  bool notification;
+  char *note_text; /* owned text of a notification */
+};
+
+struct held {
+  char *why;
+  int64_t since_ms;
+};
+
+struct daemon {
+  uv_loop_t *loop;
+  struct cp_config *cfg;
+  struct cp_store *store;
+  struct cp_http *http;
+  struct cp_connector_registry *reg;
+  struct cp_sync *sync;
+  struct cp_control *control;
+  struct cp_host host;
+  struct channel *ch;
+  size_t n_ch;
+  struct plan_ref *plan;
+  uv_timer_t timer;   /* the next due post (or rate-limit wake-up) */
+  uv_timer_t horizon; /* the rolling horizon: re-expand recurring events */
+  uv_timer_t stop_timer;
+  uv_signal_t sig_hup, sig_term, sig_int;
+  int lock_fd;
+  bool stopping;
+  size_t n_inflight;
+  int exit_status;
+  /* settings */
+  int64_t horizon_ms, grace_ms, max_lateness_ms, stop_wait_ms;
+  struct cp_backoff backoff;
+  int hold_min;
+  double hold_share;
+  bool resend_unknown;
+  struct channel *notify;
+  struct cp_ratelimit notify_rl;
+  struct held held; /* a plan change waiting for `calpost confirm` */
+  bool held_active;
+  bool good_only; /* read the last good copies, not the candidates waiting for review */
+  int64_t horizon_refresh_ms;
+  char sock_path[4096];
+};
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Settings                                                                                 */
+
+int cp_daemon_parse_duration(const char *s, int64_t *ms) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || v < 0)
+    return CP_EINVAL;
+  while (*end == ' ')
+    end++;
+  double mul = 1000;
+  if (!*end || !strcmp(end, "s"))
+    mul = 1000;
+  else if (!strcmp(end, "ms"))
+    mul = 1;
+  else if (!strcmp(end, "m") || !strcmp(end, "min"))
+    mul = 60000;
+  else if (!strcmp(end, "h"))
+    mul = 3600000;
+  else if (!strcmp(end, "d"))
+    mul = 86400000;
+  else
+    return CP_EINVAL;
+  *ms = (int64_t)(v * mul);
+  return 0;
+}
+
+static const struct cp_section *section(const struct cp_config *cfg, const char *kind,
+                                        const char *name) {
+  for (size_t i = 0; i < cfg->n_sections; i++)
+    if (!strcmp(cfg->sections[i].kind, kind) && !strcmp(cfg->sections[i].name, name))
+      return &cfg->sections[i];
+  return NULL;
+}
+
+static int setting_duration(const struct cp_config *cfg, const struct cp_section *s,
+                            const char *key, int64_t dflt, int64_t *out) {
+  const char *v = cp_section_get(s, key);
+  *out = dflt;
+  if (!v)
+    return 0;
+  if (cp_daemon_parse_duration(v, out) < 0) {
+    int line = 0;
+    for (size_t i = 0; i < s->n_kv; i++)
+      if (!strcmp(s->kv[i].key, key))
+        line = s->kv[i].line;
+    logf_(CP_LOG_ERROR, "%s:%d: %s: '%s' is not a duration (for example 15m, 30s, 1h)", cfg->path,
+          line, key, v);
+    return CP_ECONFIG;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The connector host                                                                        */
+
+static const char *conf_get(const struct cp_connector_conf *conf, const char *key, int *line) {
+  const struct cp_section *s = conf->data;
+  const char *v = NULL;
+  for (size_t i = 0; i < s->n_kv; i++)
+    if (!strcmp(s->kv[i].key, key)) {
+      v = s->kv[i].value;
+      if (line)
+        *line = s->kv[i].line;
+    }
+  return v;
+}
+
+static const char *conf_key_at(const struct cp_connector_conf *conf, size_t i) {
+  const struct cp_section *s = conf->data;
+  return i < s->n_kv ? s->kv[i].key : NULL;
+}
+
+static int host_http_request(const struct cp_host *host, const struct cp_http_req *req,
+                             cp_http_cb cb, void *data) {
+  struct daemon *d = host->data;
+  return cp_http_request(d->http, req, cb, data);
+}
+
+static void on_complete(const struct cp_publish_req *req, const struct cp_result *res);
+
+static void host_complete(const struct cp_publish_req *req, const struct cp_result *res) {
+  on_complete(req, res);
+}
+
+static void host_log(const struct cp_host *host, enum cp_log_level level, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vlogf(level, "connector", fmt, ap);
+  va_end(ap);
+}
+
+static uint64_t host_now_ms(const struct cp_host *host) {
+  struct daemon *d = host->data;
+  return uv_now(d->loop);
+}
+
+static int64_t host_wall_ms(const struct cp_host *host) {
+  return wall_ms();
+}
+
+static int host_secret(const struct cp_host *host, const struct cp_connector_conf *conf,
+                       const char *key, char **out) {
+  char err[512];
+  int rc = cp_connector_secret_read(conf, key, out, err, sizeof err);
+  if (rc == CP_ECONFIG)
+    logf_(CP_LOG_ERROR, "%s", err);
+  if (rc == 0)
+    remember_secret(*out);
+  return rc;
+}
+
+static void host_secret_free(char *s) {
+  cp_connector_secret_free(s);
+}
+
+static int host_idempotency_key(const struct cp_host *host, const struct cp_post *post, char *buf,
+                                size_t size) {
+  return cp_connector_idempotency_key(post, buf, size);
+}
+
+static void host_http_result(const struct cp_publish_req *req, const struct cp_http_resp *resp,
+                             struct cp_result *res) {
+  struct inflight *f = req->host_data;
+  cp_connector_http_result(f->ch->conn, f->ch->inst, resp, wall_ms(), res);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Plans                                                                                     */
+
+static uint64_t id_hash(const char *id) {
+  uint64_t h = 0;
+  for (int i = 0; i < 16 && id[i]; i++)
+    h = h * 31 + (unsigned char)id[i];
+  return h ^ (h >> 29);
+}
+
+static void plan_unref(struct plan_ref *pr) {
+  if (pr && --pr->refs == 0) {
+    cp_plan_free(pr->plan);
+    free(pr->slots);
+    free(pr);
+  }
+}
+
+/* Finds post id in the plan; fills *post. */
+static bool plan_find(struct plan_ref *pr, const char *id, struct cp_post *post) {
+  if (!pr || !pr->n_slots)
+    return false;
+  for (size_t i = id_hash(id) % pr->n_slots, k = 0; k < pr->n_slots;
+       i = (i + 1) % pr->n_slots, k++) {
+    uint32_t v = pr->slots[i];
+    if (!v)
+      return false;
+    cp_plan_post(pr->plan, v - 1, post);
+    if (!strcmp(post->id, id))
+      return true;
+  }
+  return false;
+}
+
+static int source_resolve(void *arg, const char *source, char *buf, size_t len) {
+  struct daemon *d = arg;
+  if (!d->sync)
+    return -1;
+  if (d->good_only)
+    return cp_sync_good_path(d->sync, source, buf, len);
+  return cp_sync_read_path(d->sync, source, buf, len);
+}
+
+/* Loads the plan over [now - lookback, now + horizon). */
+static int plan_load(struct daemon *d, struct plan_ref **out) {
+  *out = NULL;
+  int64_t now = wall_ms() / 1000;
+  int64_t lookback = (d->grace_ms > d->max_lateness_ms ? d->grace_ms : d->max_lateness_ms) / 1000;
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].grace_ms / 1000 > lookback)
+      lookback = d->ch[i].grace_ms / 1000;
+  struct cp_plan_opts o = {.cfg = d->cfg,
+                           .from = now - lookback - 60,
+                           .to = now + d->horizon_ms / 1000,
+                           .now = now,
+                           .resolve = source_resolve,
+                           .resolve_arg = d};
+  struct plan_ref *pr = calloc(1, sizeof *pr);
+  if (!pr)
+    return CP_ENOMEM;
+  int rc = cp_plan_load(&o, &pr->plan);
+  if (rc < 0) {
+    free(pr);
+    return rc;
+  }
+  pr->refs = 1;
+  pr->n_slots = pr->plan->n_posts * 2 + 1;
+  pr->slots = calloc(pr->n_slots, sizeof *pr->slots);
+  if (!pr->slots) {
+    plan_unref(pr);
+    return CP_ENOMEM;
+  }
+  for (size_t i = 0; i < pr->plan->n_posts; i++) {
+    struct cp_post post;
+    cp_plan_post(pr->plan, i, &post);
+    size_t k = id_hash(post.id) % pr->n_slots;
+    while (pr->slots[k])
+      k = (k + 1) % pr->n_slots;
+    pr->slots[k] = (uint32_t)(i + 1);
+  }
+  for (size_t i = 0; i < pr->plan->n_diags; i++) {
+    const struct cp_diag *g = &pr->plan->diags[i];
+    logf_(g->error ? CP_LOG_WARN : CP_LOG_INFO, "%s:%d: %s: %s", g->file, g->line,
+          g->error ? "error" : "warning", g->msg);
+  }
+  *out = pr;
+  return 0;
+}
+
+/* The store items of a plan: scheduled posts of configured channels. occ holds the
+ * occurrence strings the items borrow. */
+static int plan_items(struct daemon *d, struct plan_ref *pr, struct cp_store_item **items,
+                      char (**occ)[24], size_t *n) {
+  size_t np = pr->plan->n_posts;
+  *items = calloc(np ? np : 1, sizeof **items);
+  *occ = calloc(np ? np : 1, sizeof **occ);
+  *n = 0;
+  if (!*items || !*occ)
+    return CP_ENOMEM;
+  for (size_t i = 0; i < np; i++) {
+    struct cp_post post;
+    cp_plan_post(pr->plan, i, &post);
+    memcpy((*occ)[*n], post.occurrence, sizeof post.occurrence);
+    int rc = cp_store_item_from_post(&(*items)[*n], &post);
+    if (rc < 0)
+      return rc;
+    (*items)[*n].occurrence = (*occ)[*n];
+    (*n)++;
+  }
+  return 0;
+}
+
+static void notify(struct daemon *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void schedule(struct daemon *d);
+
+/* Applies a new plan: dry run first; a change that would cancel more than hold_min posts and
+ * more than hold_share of the pending ones, or a plan with unreadable files, is held. */
+static int apply_plan(struct daemon *d, struct plan_ref *pr, bool force) {
+  struct cp_store_item *items = NULL;
+  char(*occ)[24] = NULL;
+  size_t n = 0;
+  int rc = plan_items(d, pr, &items, &occ, &n);
+  struct cp_store_counts counts = {0};
+  int64_t now = wall_ms();
+  if (rc == 0)
+    rc = cp_store_reconcile(d->store, items, n, now, true, &counts);
+  if (rc < 0)
+    goto out;
+  char why[512] = "";
+  if (pr->plan->n_unread)
+    snprintf(why, sizeof why,
+             "%zu plan file(s) could not be read (see the log); the last good plan stays",
+             pr->plan->n_unread);
+  else if ((int)counts.cancelled > d->hold_min &&
+           (double)counts.cancelled > d->hold_share * (double)counts.pending)
+    snprintf(why, sizeof why,
+             "the new plan would cancel %zu of %zu pending posts; the last good plan stays",
+             counts.cancelled, counts.pending);
+  if (*why && !force) {
+    if (!d->held_active || strcmp(d->held.why, why)) {
+      free(d->held.why);
+      d->held.why = strdup(why);
+      d->held.since_ms = now;
+      d->held_active = d->held.why != NULL;
+      logf_(CP_LOG_WARN, "plan change held: %s; run `calpost confirm` to accept it", why);
+      notify(d, "calpost: plan change held: %s. Run `calpost confirm` to accept it.", why);
+    }
+    rc = CP_EBUSY;
+    goto out;
+  }
+  rc = cp_store_reconcile(d->store, items, n, now, false, &counts);
+  if (rc < 0) {
+    logf_(CP_LOG_ERROR, "reconcile: %s", cp_store_errmsg(d->store));
+    goto out;
+  }
+  logf_(CP_LOG_INFO, "plan: %zu posts in the horizon; %zu new, %zu updated, %zu cancelled", n,
+        counts.added, counts.updated, counts.cancelled);
+  /* Accept the candidates this plan was read from. */
+  for (size_t c = 0; d->sync && !d->good_only && c < d->cfg->n_calendars; c++)
+    for (size_t s = 0; s < d->cfg->calendars[c].n_sources; s++)
+      if (cp_sync_pending(d->sync, d->cfg->calendars[c].sources[s]))
+        cp_sync_accept(d->sync, d->cfg->calendars[c].sources[s]);
+  if (d->held_active && !d->good_only) {
+    free(d->held.why);
+    d->held.why = NULL;
+    d->held_active = false;
+  }
+  struct plan_ref *old = d->plan;
+  d->plan = pr;
+  pr->refs++;
+  plan_unref(old);
+out:
+  free(items);
+  free(occ);
+  return rc;
+}
+
+/* Reloads the plan and applies it (sync changes, SIGHUP, the rolling horizon). */
+static void reload(struct daemon *d, bool force) {
+  struct plan_ref *pr;
+  int rc = plan_load(d, &pr);
+  if (rc < 0) {
+    logf_(CP_LOG_ERROR, "plan: %s", cp_strerror(rc));
+    return;
+  }
+  apply_plan(d, pr, force);
+  plan_unref(pr);
+  schedule(d);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Notifications: failures, missed and unknown posts, auth problems, held plans.            */
+
+static void notify(struct daemon *d, const char *fmt, ...) {
+  char text[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  logf_(CP_LOG_WARN, "notify: %s", text);
+  struct channel *ch = d->notify;
+  if (!ch || d->stopping)
+    return;
+  int64_t now = wall_ms();
+  if (cp_ratelimit_take(&d->notify_rl, now) > 0) {
+    logf_(CP_LOG_WARN, "notify: rate limit reached, not sent to %s", ch->conf->name);
+    return;
+  }
+  struct inflight *f = calloc(1, sizeof *f);
+  if (!f || !(f->note_text = strdup(text))) {
+    free(f);
+    return;
+  }
+  f->d = d;
+  f->ch = ch;
+  f->notification = true;
+  struct cp_post *p = &f->post;
+  /* A notification's id is unique per message and minute, so a receiver can dedupe. */
+  unsigned h = 2166136261u;
+  for (const char *c = text; *c; c++)
+    h = (h ^ (unsigned char)*c) * 16777619u;
+  snprintf(p->id, sizeof p->id, "%08x%08x", h, (unsigned)(now / 60000));
+  snprintf(p->occurrence, sizeof p->occurrence, "single");
+  p->calendar = "calpost";
+  p->uid = "notification";
+  p->channel = ch->conf->name;
+  p->due = now / 1000;
+  p->tzid = "UTC";
+  p->title = "calpost notification";
+  p->text = f->note_text;
+  f->req.host = &d->host;
+  f->req.attempt = 1;
+  cp_connector_idempotency_key(p, f->key, sizeof f->key);
+  f->req.idempotency_key = f->key;
+  f->req.host_data = f;
+  d->n_inflight++;
+  if (ch->conn->publish(ch->inst, p, &f->req) < 0) {
+    d->n_inflight--;
+    free(f->note_text);
+    free(f);
+  }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Publishing                                                                                */
+
+static struct channel *find_channel(struct daemon *d, const char *name) {
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (!strcmp(d->ch[i].conf->name, name))
+      return &d->ch[i];
+  return NULL;
+}
+
+static void record(struct daemon *d, const char *id, enum cp_outcome outcome, int http_status,
+                   const char *msg, enum cp_store_state next, int64_t retry_at,
+                   const char *remote_id, const char *remote_url) {
+  struct cp_store_result r = {.at_ms = wall_ms(),
+                              .outcome = outcome,
+                              .http_status = http_status,
+                              .message = msg,
+                              .remote_id = remote_id,
+                              .remote_url = remote_url,
+                              .next = next,
+                              .retry_at_ms = retry_at};
+  if (cp_store_record_attempt(d->store, id, &r) < 0)
+    logf_(CP_LOG_ERROR, "post %s: cannot record the attempt: %s", id, cp_store_errmsg(d->store));
+}
+
+static void finish(struct inflight *f) {
+  struct daemon *d = f->d;
+  d->n_inflight--;
+  if (f->ch && !f->notification)
+    f->ch->busy = false;
+  plan_unref(f->pr);
+  free(f->note_text);
+  free(f);
+  if (d->stopping && d->n_inflight == 0)
+    uv_stop(d->loop);
+}
+
+/* What to do after a failed attempt: retry later, or give up. */
+static void retry_or_fail(struct inflight *f, const struct cp_result *res, int64_t not_before) {
+  struct daemon *d = f->d;
+  int64_t at;
+  int64_t now = wall_ms();
+  int rc = cp_backoff_next(&d->backoff, f->attempts, now, f->due_ms, not_before, &at);
+  if (rc < 0) {
+    record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED, 0,
+           NULL, NULL);
+    logf_(CP_LOG_WARN, "post %s on %s failed after %d attempts: %s", f->post.id, f->ch->conf->name,
+          f->attempts, res->message);
+    notify(d, "calpost: post \"%s\" on %s failed after %d attempts: %s", f->post.title,
+           f->ch->conf->name, f->attempts, res->message);
+    return;
+  }
+  record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING, at,
+         NULL, NULL);
+  logf_(CP_LOG_INFO, "post %s on %s: %s (%s), retry in %" PRId64 " s", f->post.id,
+        f->ch->conf->name, cp_outcome_name(res->outcome), res->message, (at - now) / 1000);
+}
+
+static void on_complete(const struct cp_publish_req *req, const struct cp_result *res) {
+  struct inflight *f = req->host_data;
+  struct daemon *d = f->d;
+  struct channel *ch = f->ch;
+  if (f->notification) {
+    if (res->outcome != CP_OUTCOME_OK)
+      logf_(CP_LOG_WARN, "notify via %s failed: %s", ch->conf->name, res->message);
+    finish(f);
+    return;
+  }
+  int64_t now = wall_ms();
+  switch (res->outcome) {
+    case CP_OUTCOME_OK:
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_SENT, 0,
+             res->remote_id, res->remote_url);
+      logf_(CP_LOG_INFO, "post %s published on %s: %s (%" PRId64 " ms after due)", f->post.id,
+            ch->conf->name, res->remote_url, now - f->due_ms);
+      break;
+    case CP_OUTCOME_RATE_LIMITED: {
+      int64_t until = res->retry_at_ms > now ? res->retry_at_ms : 0;
+      if (until)
+        cp_ratelimit_block_until(&ch->rl, until);
+      retry_or_fail(f, res, until);
+      break;
+    }
+    case CP_OUTCOME_RETRY:
+      retry_or_fail(f, res, res->retry_at_ms > now ? res->retry_at_ms : 0);
+      break;
+    case CP_OUTCOME_AUTH:
+      /* An expired token must not burn through the queue: the post waits, the channel pauses. */
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING,
+             now, NULL, NULL);
+      cp_store_channel_pause(d->store, ch->conf->name, 0, "credentials rejected");
+      logf_(CP_LOG_ERROR, "channel %s paused: credentials rejected (%s)", ch->conf->name,
+            res->message);
+      notify(d,
+             "calpost: channel %s is paused: its credentials were rejected (%s). Fix them, "
+             "then `calpost resume %s`.",
+             ch->conf->name, res->message, ch->conf->name);
+      break;
+    case CP_OUTCOME_PERMANENT:
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED, 0,
+             NULL, NULL);
+      logf_(CP_LOG_WARN, "post %s on %s failed: %s", f->post.id, ch->conf->name, res->message);
+      notify(d, "calpost: post \"%s\" on %s failed: %s", f->post.title, ch->conf->name,
+             res->message);
+      break;
+    case CP_OUTCOME_UNKNOWN:
+      if (ch->conn->caps & CP_CAP_IDEMPOTENT) {
+        retry_or_fail(f, res, 0); /* the same key cannot make a second post */
+      } else if (d->resend_unknown) {
+        retry_or_fail(f, res, 0);
+      } else {
+        record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_UNKNOWN,
+               0, NULL, NULL);
+        notify(d,
+               "calpost: post \"%s\" on %s may or may not have been published (%s); check "
+               "and `calpost retry %s` or `calpost skip %s`",
+               f->post.title, ch->conf->name, res->message, f->post.id, f->post.id);
+      }
+      break;
+  }
+  finish(f);
+  if (!d->stopping)
+    schedule(d);
+}
+
+/* Starts publishing one post. Returns true if a request is in flight. */
+static bool publish(struct daemon *d, struct channel *ch, const struct cp_store_post *sp) {
+  struct inflight *f = calloc(1, sizeof *f);
+  if (!f)
+    return false;
+  f->d = d;
+  f->ch = ch;
+  f->due_ms = sp->due_ms;
+  f->attempts = sp->attempts + 1;
+  if (!plan_find(d->plan, sp->id, &f->post)) {
+    /* Reconcile cancels what leaves the plan; this is a post past the horizon's edge. */
+    free(f);
+    return false;
+  }
+  bool claimed = false;
+  int64_t now = wall_ms();
+  if (cp_store_mark_sending(d->store, sp->id, now, &claimed) < 0 || !claimed) {
+    logf_(CP_LOG_ERROR, "post %s: cannot mark it sending: %s", sp->id, cp_store_errmsg(d->store));
+    free(f);
+    return false;
+  }
+  f->pr = d->plan;
+  d->plan->refs++;
+  f->req.host = &d->host;
+  f->req.attempt = (unsigned)f->attempts;
+  cp_connector_idempotency_key(&f->post, f->key, sizeof f->key);
+  f->req.idempotency_key = f->key;
+  f->req.host_data = f;
+  ch->busy = true;
+  d->n_inflight++;
+  int rc = ch->conn->publish(ch->inst, &f->post, &f->req);
+  if (rc < 0) {
+    struct cp_result res = {.outcome = CP_OUTCOME_RETRY, .err = rc};
+    snprintf(res.message, sizeof res.message, "could not start: %s", cp_strerror(rc));
+    retry_or_fail(f, &res, 0);
+    finish(f);
+    return false;
+  }
+  return true;
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Looks at one channel: marks posts past their grace missed, publishes the first due post if
+ * the channel is free and its rate limit allows, and sets ch->wake_ms. */
+static void schedule_channel(struct daemon *d, struct channel *ch) {
+  ch->wake_ms = INT64_MAX;
+  if (ch->busy || ch->notify_only || d->stopping)
+    return;
+  int64_t now = wall_ms();
+  struct cp_store_posts *missed = NULL;
+  if (cp_store_mark_missed(d->store, ch->conf->name, ch->grace_ms, now, &missed) == 0 && missed) {
+    for (size_t i = 0; i < missed->n; i++)
+      logf_(CP_LOG_WARN, "post %s on %s missed: due %" PRId64 " s ago, grace is %" PRId64 " s",
+            missed->v[i].id, ch->conf->name, (now - missed->v[i].due_ms) / 1000,
+            ch->grace_ms / 1000);
+    if (missed->n)
+      notify(d,
+             "calpost: %zu post(s) on %s missed their time (calpost was not running or the "
+             "channel was paused past the grace of %" PRId64 " minutes)",
+             missed->n, ch->conf->name, ch->grace_ms / 60000);
+    cp_store_posts_free(missed);
+  }
+  struct cp_store_post *next = NULL;
+  if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
+    return;
+  if (next->next_ms > now) {
+    ch->wake_ms = next->next_ms;
+  } else {
+    int64_t wait = cp_ratelimit_take(&ch->rl, now);
+    if (wait > 0)
+      ch->wake_ms = now + wait;
+    else if (!publish(d, ch, next))
+      ch->wake_ms = now + 60000; /* could not start: look again later */
+  }
+  cp_store_post_free(next);
+}
+
+/* Arms the one timer for the earliest channel wake-up; nothing runs while idle. */
+static void arm(struct daemon *d) {
+  int64_t wake = INT64_MAX;
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].wake_ms < wake)
+      wake = d->ch[i].wake_ms;
+  if (wake == INT64_MAX || d->stopping) {
+    uv_timer_stop(&d->timer);
+    return;
+  }
+  int64_t delay = wake - wall_ms();
+  uv_update_time(d->loop);
+  uv_timer_start(&d->timer, on_timer, delay > 0 ? (uint64_t)delay : 0, 0);
+}
+
+static void schedule(struct daemon *d) {
+  if (!d->plan)
+    return; /* nothing applied yet: never publish from an unreviewed plan */
+  for (size_t i = 0; i < d->n_ch; i++)
+    schedule_channel(d, &d->ch[i]);
+  arm(d);
+}
+
+static void on_timer(uv_timer_t *t) {
+  struct daemon *d = t->data;
+  int64_t now = wall_ms();
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].wake_ms <= now + 1)
+      schedule_channel(d, &d->ch[i]);
+  arm(d);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Crash recovery                                                                            */
+
+static void recover(struct daemon *d) {
+  struct cp_store_posts *l = NULL;
+  if (cp_store_list(d->store, NULL, 1u << CP_STORE_SENDING, 0, &l) < 0)
+    return;
+  for (size_t i = 0; i < l->n; i++) {
+    const struct cp_store_post *p = &l->v[i];
+    struct channel *ch = find_channel(d, p->channel);
+    bool idem = ch && (ch->conn->caps & CP_CAP_IDEMPOTENT);
+    if (idem || d->resend_unknown) {
+      record(d, p->id, CP_OUTCOME_UNKNOWN, 0, "interrupted while sending; resent with the same key",
+             CP_STORE_PENDING, wall_ms(), NULL, NULL);
+      logf_(CP_LOG_WARN,
+            "post %s on %s was sending when calpost stopped: resending with the "
+            "same idempotency key",
+            p->id, p->channel);
+    } else {
+      record(d, p->id, CP_OUTCOME_UNKNOWN, 0, "interrupted while sending", CP_STORE_UNKNOWN, 0,
+             NULL, NULL);
+      notify(d,
+             "calpost: post %s on %s was being sent when calpost stopped; it may or may not "
+             "have been published. Check, then `calpost retry %s` or `calpost skip %s`.",
+             p->id, p->channel, p->id, p->id);
+    }
+  }
+  cp_store_posts_free(l);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Control API                                                                               */
+
+static json_t *err_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_t *err_json(const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return json_pack("{s:s}", "error", msg);
+}
+
+static json_t *time_json(int64_t ms) {
+  if (!ms)
+    return json_null();
+  char buf[40];
+  cp_plan_format_time(ms / 1000, 0, buf, sizeof buf);
+  return json_string(buf);
+}
+
+static int ctl_status(void *arg, json_t **out) {
+  struct daemon *d = arg;
+  json_t *chans = json_array();
+  int64_t now = wall_ms();
+  bool all_paused = d->n_ch > 0;
+  for (size_t i = 0; i < d->n_ch; i++) {
+    struct channel *ch = &d->ch[i];
+    struct cp_store_channel_status *st = NULL;
+    if (cp_store_channel_status(d->store, ch->conf->name, now, &st) < 0)
+      continue;
+    json_t *next = json_null();
+    if (st->has_next) {
+      struct cp_post post;
+      bool found = plan_find(d->plan, st->next_id, &post);
+      next = json_pack("{s:s,s:o,s:s}", "id", st->next_id, "due", time_json(st->next_ms), "title",
+                       found ? post.title : "");
+    }
+    all_paused = all_paused && st->paused;
+    json_array_append_new(
+        chans,
+        json_pack("{s:s,s:s,s:b,s:o,s:s?,s:I,s:o,s:s?,s:I,s:I,s:I,s:I}", "name", ch->conf->name,
+                  "type", ch->conf->type, "paused", st->paused, "paused_until",
+                  st->paused && st->paused_until_ms ? time_json(st->paused_until_ms) : json_null(),
+                  "pause_reason", st->pause_reason, "queue_depth",
+                  (json_int_t)st->counts[CP_STORE_PENDING], "next", next ? next : json_null(),
+                  "last_error", st->has_error ? st->error_message : NULL, "sent",
+                  (json_int_t)st->counts[CP_STORE_SENT], "failed",
+                  (json_int_t)st->counts[CP_STORE_FAILED], "missed",
+                  (json_int_t)st->counts[CP_STORE_MISSED], "unknown",
+                  (json_int_t)st->counts[CP_STORE_UNKNOWN]));
+    cp_store_channel_status_free(st);
+  }
+  json_t *held = json_array();
+  if (d->held_active)
+    json_array_append_new(
+        held, json_pack("{s:s,s:o}", "reason", d->held.why, "since", time_json(d->held.since_ms)));
+  *out = json_pack("{s:s,s:b,s:o,s:o}", "state", d->stopping ? "stopping" : "running", "paused_all",
+                   all_paused, "held_changes", held, "channels", chans);
+  return 200;
+}
+
+static int ctl_pause(void *arg, const char *channel, int64_t until_ms, json_t **out) {
+  struct daemon *d = arg;
+  if (channel && !find_channel(d, channel)) {
+    *out = err_json("unknown channel '%s'", channel);
+    return 404;
+  }
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (!channel || !strcmp(channel, d->ch[i].conf->name))
+      cp_store_channel_pause(d->store, d->ch[i].conf->name, until_ms, "paused by hand");
+  logf_(CP_LOG_WARN, "paused %s%s", channel ? channel : "all channels",
+        until_ms ? " until a time" : "");
+  schedule(d);
+  *out = json_pack("{s:b,s:s}", "paused", 1, "channel", channel ? channel : "all");
+  return 200;
+}
+
+static int ctl_resume(void *arg, const char *channel, json_t **out) {
+  struct daemon *d = arg;
+  if (channel && !find_channel(d, channel)) {
+    *out = err_json("unknown channel '%s'", channel);
+    return 404;
+  }
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (!channel || !strcmp(channel, d->ch[i].conf->name))
+      cp_store_channel_resume(d->store, d->ch[i].conf->name);
+  logf_(CP_LOG_INFO, "resumed %s", channel ? channel : "all channels");
+  schedule(d);
+  *out = json_pack("{s:b,s:s}", "paused", 0, "channel", channel ? channel : "all");
+  return 200;
+}
+
+static int ctl_post_op(struct daemon *d, const char *id, bool retry, json_t **out) {
+  int rc = retry ? cp_store_retry(d->store, id, wall_ms()) : cp_store_skip(d->store, id, wall_ms());
+  if (rc == CP_ENOTFOUND) {
+    *out = err_json("no post with id %s", id);
+    return 404;
+  }
+  if (rc < 0) {
+    *out = err_json("%s", retry ? "only failed, missed, unknown or skipped posts can be retried"
+                                : "only pending or unknown posts can be skipped");
+    return 409;
+  }
+  logf_(CP_LOG_INFO, "post %s %s by hand", id, retry ? "queued again" : "skipped");
+  schedule(d);
+  *out = json_pack("{s:s,s:s}", "id", id, "state", retry ? "pending" : "skipped");
+  return 200;
+}
+
+static int ctl_retry(void *arg, const char *id, json_t **out) {
+  return ctl_post_op(arg, id, true, out);
+}
+
+static int ctl_skip(void *arg, const char *id, json_t **out) {
+  return ctl_post_op(arg, id, false, out);
+}
+
+static int ctl_confirm(void *arg, json_t **out) {
+  struct daemon *d = arg;
+  if (!d->held_active) {
+    *out = err_json("no plan change is waiting for confirmation");
+    return 409;
+  }
+  struct plan_ref *pr;
+  int rc = plan_load(d, &pr);
+  if (rc == 0) {
+    if (pr->plan->n_unread) {
+      plan_unref(pr);
+      *out = err_json("the plan still has files that cannot be read; fix them first");
+      return 409;
+    }
+    rc = apply_plan(d, pr, true);
+    plan_unref(pr);
+  }
+  if (rc < 0) {
+    *out = err_json("could not apply the plan: %s", cp_strerror(rc));
+    return 500;
+  }
+  schedule(d);
+  *out = json_pack("{s:b}", "confirmed", 1);
+  return 200;
+}
+
+static const struct cp_control_ops control_ops = {
+    .status = ctl_status,
+    .pause = ctl_pause,
+    .resume = ctl_resume,
+    .retry = ctl_retry,
+    .skip = ctl_skip,
+    .confirm = ctl_confirm,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Sync, signals, horizon                                                                    */
+
+static void on_sync_changed(void *arg, const char *calendar, const char *source) {
+  struct daemon *d = arg;
+  logf_(CP_LOG_INFO, "calendar %s: %s changed, reloading the plan", calendar, source);
+  reload(d, false);
+}
+
+static void on_sync_failed(void *arg, const char *calendar, const char *source, const char *why) {
+  struct daemon *d = arg;
+  logf_(CP_LOG_WARN, "calendar %s: refresh of %s failed: %s; the last good copy stays", calendar,
+        source, why);
+  notify(d, "calpost: calendar %s could not be refreshed from %s: %s. The last good copy stays.",
+         calendar, source, why);
+}
+
+static void on_horizon(uv_timer_t *t) {
+  reload(t->data, false);
+}
+
+static void on_stop_timeout(uv_timer_t *t) {
+  struct daemon *d = t->data;
+  logf_(CP_LOG_WARN,
+        "%zu request(s) still in flight at the stop deadline; they stay `sending` "
+        "and are settled at the next start",
+        d->n_inflight);
+  uv_stop(d->loop);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  struct daemon *d = s->data;
+  if (signum == SIGHUP) {
+    logf_(CP_LOG_INFO, "SIGHUP: refreshing calendars and reloading the plan");
+    if (d->sync)
+      cp_sync_refresh(d->sync);
+    reload(d, false);
+    return;
+  }
+  if (d->stopping)
+    return;
+  logf_(CP_LOG_INFO, "%s: stopping after %zu request(s) in flight", strsignal(signum),
+        d->n_inflight);
+  d->stopping = true;
+  uv_timer_stop(&d->timer);
+  uv_timer_stop(&d->horizon);
+  if (d->n_inflight == 0)
+    uv_stop(d->loop);
+  else
+    uv_timer_start(&d->stop_timer, on_stop_timeout, (uint64_t)d->stop_wait_ms, 0);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Start and stop                                                                            */
+
+static int lock_state(struct daemon *d) {
+  if (mkdir(d->cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+    logf_(CP_LOG_ERROR, "cannot create the state directory %s: %s", d->cfg->state_dir,
+          strerror(errno));
+    return -errno;
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/calpost.lock", d->cfg->state_dir);
+  d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (d->lock_fd < 0) {
+    logf_(CP_LOG_ERROR, "cannot open %s: %s", path, strerror(errno));
+    return -errno;
+  }
+  if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    logf_(CP_LOG_ERROR,
+          "another calpost is already running on the state directory %s; "
+          "refusing to start a second one",
+          d->cfg->state_dir);
+    close(d->lock_fd);
+    d->lock_fd = -1;
+    return CP_EBUSY;
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(d->lock_fd, 0) == 0 && write(d->lock_fd, pid, (size_t)n) < 0)
+    logf_(CP_LOG_WARN, "cannot write %s", path);
+  return 0;
+}
+
+static int start_channels(struct daemon *d) {
+  const struct cp_section *ns = section(d->cfg, "notify", "");
+  const char *notify_name = cp_section_get(ns, "channel");
+  d->ch = calloc(d->cfg->n_channels ? d->cfg->n_channels : 1, sizeof *d->ch);
+  if (!d->ch)
+    return CP_ENOMEM;
+  const struct cp_section *gs = section(d->cfg, "calpost", "");
+  for (size_t i = 0; i < d->cfg->n_channels; i++) {
+    const struct cp_channel_conf *cc = &d->cfg->channels[i];
+    const char *module = cp_section_get(cc->section, "module");
+    const struct cp_connector *conn = NULL;
+    char err[512];
+    if (module && cp_connector_registry_load(d->reg, module, &conn, err, sizeof err) < 0) {
+      logf_(CP_LOG_ERROR, "%s:%d: [channel %s] module: %s", d->cfg->path, cc->section->line,
+            cc->name, err);
+      return CP_ECONFIG;
+    }
+    if (!conn)
+      conn = cp_connector_registry_find(d->reg, cc->type);
+    if (!conn) {
+      logf_(CP_LOG_ERROR, "%s:%d: [channel %s] type = %s: this build has no such connector",
+            d->cfg->path, cc->section->line, cc->name, cc->type);
+      return CP_ECONFIG;
+    }
+    struct channel *ch = &d->ch[d->n_ch];
+    ch->d = d;
+    ch->conf = cc;
+    ch->conn = conn;
+    ch->cconf = (struct cp_connector_conf){.type = cc->type,
+                                           .name = cc->name,
+                                           .file = d->cfg->path ? d->cfg->path : "",
+                                           .line = cc->section->line,
+                                           .get = conf_get,
+                                           .key_at = conf_key_at,
+                                           .data = cc->section};
+    if (setting_duration(d->cfg, cc->section, "grace", d->grace_ms, &ch->grace_ms) < 0)
+      return CP_ECONFIG;
+    const char *rate = cp_section_get(cc->section, "rate");
+    int64_t count = 0, interval = 1000;
+    if (rate && cp_ratelimit_parse(rate, &count, &interval) < 0) {
+      logf_(CP_LOG_ERROR, "%s:%d: [channel %s] rate: '%s' is not a rate (for example 30/5m)",
+            d->cfg->path, cc->section->line, cc->name, rate);
+      return CP_ECONFIG;
+    }
+    cp_ratelimit_init(&ch->rl, count, interval, 1, wall_ms());
+    if (conn->init(&d->host, &ch->cconf, &ch->inst) < 0) {
+      logf_(CP_LOG_ERROR, "[channel %s]: the %s connector refused its configuration", cc->name,
+            cc->type);
+      return CP_ECONFIG;
+    }
+    ch->wake_ms = INT64_MAX;
+    ch->notify_only = cp_section_get(cc->section, "notify_only") != NULL;
+    if (notify_name && !strcmp(notify_name, cc->name))
+      d->notify = ch;
+    d->n_ch++;
+  }
+  if (notify_name && !d->notify) {
+    logf_(CP_LOG_ERROR, "%s: [notify] channel = %s: no such [channel]", d->cfg->path, notify_name);
+    return CP_ECONFIG;
+  }
+  const char *nrate = cp_section_get(ns, "rate");
+  int64_t count = 10, interval = 3600000;
+  if (nrate && cp_ratelimit_parse(nrate, &count, &interval) < 0)
+    return CP_ECONFIG;
+  cp_ratelimit_init(&d->notify_rl, count, interval, count, wall_ms());
+  (void)gs;
+  return 0;
+}
+
+static int read_settings(struct daemon *d) {
+  const struct cp_section *s = section(d->cfg, "calpost", "");
+  int rc = 0;
+  rc |= setting_duration(d->cfg, s, "horizon", 30LL * 86400000, &d->horizon_ms);
+  rc |= setting_duration(d->cfg, s, "grace", 15 * 60000, &d->grace_ms);
+  rc |= setting_duration(d->cfg, s, "max_lateness", 60 * 60000, &d->max_lateness_ms);
+  rc |= setting_duration(d->cfg, s, "retry_base", 30000, &d->backoff.base_ms);
+  rc |= setting_duration(d->cfg, s, "retry_cap", 15 * 60000, &d->backoff.cap_ms);
+  rc |= setting_duration(d->cfg, s, "stop_wait", 10000, &d->stop_wait_ms);
+  rc |= setting_duration(d->cfg, s, "horizon_refresh", 86400000, &d->horizon_refresh_ms);
+  if (d->horizon_refresh_ms < 60000)
+    d->horizon_refresh_ms = 60000;
+  if (rc)
+    return CP_ECONFIG;
+  const char *v = cp_section_get(s, "max_attempts");
+  d->backoff.max_attempts = v ? atoi(v) : 8;
+  d->backoff.max_lateness_ms = d->max_lateness_ms;
+  if (d->backoff.cap_ms < d->backoff.base_ms)
+    d->backoff.cap_ms = d->backoff.base_ms;
+  v = cp_section_get(s, "hold_cancel_min");
+  d->hold_min = v ? atoi(v) : 10;
+  v = cp_section_get(s, "hold_cancel_share");
+  d->hold_share = v ? atof(v) : 0.5;
+  v = cp_section_get(s, "on_unknown");
+  d->resend_unknown = v && !strcmp(v, "resend");
+  return 0;
+}
+
+static void closed_cb(uv_handle_t *h) {
+}
+
+static void module_closed(void *arg) {
+}
+
+static void close_own(uv_handle_t *h) {
+  if (h->loop && !uv_is_closing(h))
+    uv_close(h, closed_cb);
+}
+
+int cp_daemon_run(const char *config_path) {
+  icalerror_set_errors_are_fatal(0);
+  struct daemon *d = calloc(1, sizeof *d);
+  if (!d)
+    return 1;
+  d->lock_fd = -1;
+  int status = 1;
+  char err[1024];
+  if (cp_config_load(config_path, &d->cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "%s\n", err);
+    free(d);
+    return 1;
+  }
+  const struct cp_section *gs = section(d->cfg, "calpost", "");
+  const char *lv = cp_section_get(gs, "log_level");
+  if (lv)
+    for (int i = 0; i < 4; i++)
+      if (!strcmp(lv, level_names[i]))
+        log_level = (enum cp_log_level)i;
+  d->loop = calloc(1, sizeof *d->loop);
+  if (!d->loop || uv_loop_init(d->loop) < 0)
+    goto out;
+  d->host = (struct cp_host){.size = sizeof d->host,
+                             .version = CP_HOST_VERSION,
+                             .loop = d->loop,
+                             .data = d,
+                             .http_request = host_http_request,
+                             .complete = host_complete,
+                             .log = host_log,
+                             .now_ms = host_now_ms,
+                             .wall_ms = host_wall_ms,
+                             .secret = host_secret,
+                             .secret_free = host_secret_free,
+                             .idempotency_key = host_idempotency_key,
+                             .http_result = host_http_result};
+  if (read_settings(d) < 0 || lock_state(d) < 0)
+    goto out_loop;
+  if (cp_store_open(NULL, d->cfg->state_dir, &d->store, err, sizeof err) < 0) {
+    logf_(CP_LOG_ERROR, "state database: %s", err);
+    goto out_loop;
+  }
+  if (cp_http_init(d->loop, &d->http) < 0 || cp_connector_registry_new(&d->reg) < 0)
+    goto out_loop;
+  if (start_channels(d) < 0)
+    goto out_loop;
+  uv_timer_init(d->loop, &d->timer);
+  uv_timer_init(d->loop, &d->horizon);
+  uv_timer_init(d->loop, &d->stop_timer);
+  d->timer.data = d->horizon.data = d->stop_timer.data = d;
+  uv_signal_init(d->loop, &d->sig_hup);
+  uv_signal_init(d->loop, &d->sig_term);
+  uv_signal_init(d->loop, &d->sig_int);
+  d->sig_hup.data = d->sig_term.data = d->sig_int.data = d;
+  uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+  uv_signal_start(&d->sig_term, on_signal, SIGTERM);
+  uv_signal_start(&d->sig_int, on_signal, SIGINT);
+
+  /* Sources: watched and polled; their last good copies live in the state directory. */
+  size_t n_src = 0;
+  for (size_t c = 0; c < d->cfg->n_calendars; c++)
+    n_src += d->cfg->calendars[c].n_sources;
+  struct cp_sync_source *srcs = calloc(n_src ? n_src : 1, sizeof *srcs);
+  if (!srcs)
+    goto out_loop;
+  n_src = 0;
+  for (size_t c = 0; c < d->cfg->n_calendars; c++)
+    for (size_t s = 0; s < d->cfg->calendars[c].n_sources; s++)
+      srcs[n_src++] =
+          (struct cp_sync_source){d->cfg->calendars[c].name, d->cfg->calendars[c].sources[s]};
+  struct cp_sync_opts so = {.loop = d->loop,
+                            .state_dir = d->cfg->state_dir,
+                            .max_size = d->cfg->max_file_size,
+                            .timeout_ms = 30000,
+                            .changed = on_sync_changed,
+                            .failed = on_sync_failed,
+                            .arg = d};
+  if (setting_duration(d->cfg, gs, "poll_interval", 5 * 60000, &so.poll_interval_ms) < 0) {
+    free(srcs);
+    goto out_loop;
+  }
+  const char *lb = cp_section_get(gs, "allow_loopback_http");
+  so.allow_loopback_http = lb && (!strcmp(lb, "yes") || !strcmp(lb, "true"));
+  int rc = cp_sync_start(&so, srcs, n_src, &d->sync);
+  free(srcs);
+  if (rc < 0) {
+    logf_(CP_LOG_ERROR, "cannot watch the calendars: %s", cp_strerror(rc));
+    goto out_loop;
+  }
+
+  recover(d);
+  reload(d, false);
+  if (!d->plan) {
+    /* The change was held at start: publish from the last good copies meanwhile. */
+    d->good_only = true;
+    struct plan_ref *pr;
+    if (plan_load(d, &pr) == 0) {
+      apply_plan(d, pr, true);
+      plan_unref(pr);
+    }
+    d->good_only = false;
+    schedule(d);
+  }
+  /* The rolling horizon: recurring events are expanded again as time moves (a configured
+   * poll, `horizon_refresh`, daily by default). */
+  uv_timer_start(&d->horizon, on_horizon, (uint64_t)d->horizon_refresh_ms,
+                 (uint64_t)d->horizon_refresh_ms);
+
+  snprintf(d->sock_path, sizeof d->sock_path, "%s/calpost.sock", d->cfg->state_dir);
+  if ((rc = cp_control_start(d->loop, d->sock_path, &control_ops, d, &d->control)) < 0)
+    logf_(CP_LOG_WARN, "control socket %s: %s (status and pause will not work)", d->sock_path,
+          cp_strerror(rc));
+  logf_(CP_LOG_INFO, "calpost %s running: %zu channel(s), state in %s", CALPOST_VERSION, d->n_ch,
+        d->cfg->state_dir);
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  status = 0;
+  logf_(CP_LOG_INFO, "stopped");
+
+out_loop:
+  /* Every module closes its own handles; the loop runs until all are closed. */
+  cp_control_stop(d->control, module_closed, NULL);
+  cp_sync_stop(d->sync, module_closed, NULL);
+  if (d->http)
+    cp_http_close(d->http, module_closed, NULL);
+  uv_handle_t *own[] = {(uv_handle_t *)&d->timer,      (uv_handle_t *)&d->horizon,
+                        (uv_handle_t *)&d->stop_timer, (uv_handle_t *)&d->sig_hup,
+                        (uv_handle_t *)&d->sig_term,   (uv_handle_t *)&d->sig_int};
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+    close_own(own[i]);
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].conn && d->ch[i].inst)
+      d->ch[i].conn->free(d->ch[i].inst);
+  free(d->ch);
+  uv_loop_close(d->loop);
+  plan_unref(d->plan);
+  cp_store_close(d->store);
+  cp_connector_registry_free(d->reg);
+  free(d->held.why);
+out:
+  free(d->loop);
+  if (d->lock_fd >= 0)
+    close(d->lock_fd);
+  cp_config_free(d->cfg);
+  free(d);
+  for (size_t i = 0; i < n_secrets; i++) {
+    memset(secrets[i], 0, strlen(secrets[i]));
+    free(secrets[i]);
+  }
+  free(secrets);
+  secrets = NULL;
+  n_secrets = 0;
+  return status;
+}
