@@ -108,6 +108,7 @@ struct channel {
   bool busy;        /* a post of this channel is in flight: posts go out in due order */
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
   bool notify_only; /* used only for notifications */
+  bool freed;       /* a request of this channel just finished */
 };
 
 /* The current plan and an index from post id to its position. Plans are shared with posts in
@@ -121,6 +122,8 @@ struct plan_ref {
 
 struct inflight {
   struct cp_publish_req req;
+  struct cp_result res;       /* the outcome, while waiting for the flush */
+  struct inflight *done_next; /* the flush queue */
   struct daemon *d;
   struct channel *ch;
   struct plan_ref *pr;
@@ -152,6 +155,8 @@ struct daemon {
   uv_timer_t timer;   /* the next due post (or rate-limit wake-up) */
   uv_timer_t horizon; /* the rolling horizon: re-expand recurring events */
   uv_timer_t stop_timer;
+  uv_idle_t flush; /* records finished attempts in one batch per loop iteration */
+  struct inflight *done, *done_tail;
   uv_signal_t sig_hup, sig_term, sig_int;
   int lock_fd;
   bool stopping;
@@ -607,16 +612,68 @@ static void retry_or_fail(struct inflight *f, const struct cp_result *res, int64
         f->ch->conf->name, cp_outcome_name(res->outcome), res->message, (at - now) / 1000);
 }
 
+static void settle(struct inflight *f, const struct cp_result *res);
+static void on_flush(uv_idle_t *h);
+static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
+                           int64_t now);
+static void arm(struct daemon *d);
+
+/* A connector finished: results are recorded in groups, once per loop iteration, so a burst
+ * of completions costs one disk sync. */
 static void on_complete(const struct cp_publish_req *req, const struct cp_result *res) {
   struct inflight *f = req->host_data;
   struct daemon *d = f->d;
-  struct channel *ch = f->ch;
   if (f->notification) {
     if (res->outcome != CP_OUTCOME_OK)
-      logf_(CP_LOG_WARN, "notify via %s failed: %s", ch->conf->name, res->message);
+      logf_(CP_LOG_WARN, "notify via %s failed: %s", f->ch->conf->name, res->message);
     finish(f);
     return;
   }
+  f->res = *res;
+  f->done_next = NULL;
+  if (d->done_tail)
+    d->done_tail->done_next = f;
+  else
+    d->done = f;
+  d->done_tail = f;
+  if (!uv_is_active((uv_handle_t *)&d->flush))
+    uv_idle_start(&d->flush, on_flush);
+}
+
+static bool pick_freed(struct channel *ch, int64_t now) {
+  return ch->freed;
+}
+
+static void on_flush(uv_idle_t *h) {
+  struct daemon *d = h->data;
+  uv_idle_stop(&d->flush);
+  struct inflight *list = d->done;
+  d->done = d->done_tail = NULL;
+  bool batch = cp_store_batch_begin(d->store) == 0;
+  for (struct inflight *f = list; f; f = f->done_next)
+    settle(f, &f->res);
+  if (batch && cp_store_batch_end(d->store, true) < 0)
+    logf_(CP_LOG_ERROR,
+          "cannot save the outcomes: %s; those posts stay `sending` and are settled at the next "
+          "start",
+          cp_store_errmsg(d->store));
+  for (struct inflight *f = list, *next; f; f = next) {
+    next = f->done_next;
+    f->ch->freed = true;
+    finish(f);
+  }
+  if (!d->stopping && d->plan) {
+    schedule_where(d, pick_freed, wall_ms());
+    arm(d);
+  }
+  for (size_t i = 0; i < d->n_ch; i++)
+    d->ch[i].freed = false;
+}
+
+/* Records the outcome of one attempt (inside the flush batch). */
+static void settle(struct inflight *f, const struct cp_result *res) {
+  struct daemon *d = f->d;
+  struct channel *ch = f->ch;
   int64_t now = wall_ms();
   switch (res->outcome) {
     case CP_OUTCOME_OK:
@@ -669,31 +726,31 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
       }
       break;
   }
-  finish(f);
-  if (!d->stopping)
-    schedule(d);
 }
 
-/* Starts publishing one post. Returns true if a request is in flight. */
-static bool publish(struct daemon *d, struct channel *ch, const struct cp_store_post *sp) {
+/* Claims one due post for ch inside the open batch: marks it sending (durable once the batch
+ * commits). Returns the inflight to fire after the commit, or NULL. */
+static struct inflight *claim(struct daemon *d, struct channel *ch, const struct cp_store_post *sp,
+                              int64_t now) {
   struct inflight *f = calloc(1, sizeof *f);
   if (!f)
-    return false;
+    return NULL;
   f->d = d;
   f->ch = ch;
   f->due_ms = sp->due_ms;
   f->attempts = sp->attempts + 1;
-  if (!plan_find(d->plan, sp->id, &f->post)) {
-    /* Reconcile cancels what leaves the plan; this is a post past the horizon's edge. */
-    free(f);
-    return false;
-  }
   bool claimed = false;
-  int64_t now = wall_ms();
+  if (!plan_find(d->plan, sp->id, &f->post)) {
+    /* Reconcile cancels what leaves the plan, so this should not happen; never guess a text. */
+    logf_(CP_LOG_ERROR, "post %s on %s is pending but not in the current plan", sp->id,
+          ch->conf->name);
+    free(f);
+    return NULL;
+  }
   if (cp_store_mark_sending(d->store, sp->id, now, &claimed) < 0 || !claimed) {
     logf_(CP_LOG_ERROR, "post %s: cannot mark it sending: %s", sp->id, cp_store_errmsg(d->store));
     free(f);
-    return false;
+    return NULL;
   }
   f->pr = d->plan;
   d->plan->refs++;
@@ -704,26 +761,28 @@ static bool publish(struct daemon *d, struct channel *ch, const struct cp_store_
   f->req.host_data = f;
   ch->busy = true;
   d->n_inflight++;
-  int rc = ch->conn->publish(ch->inst, &f->post, &f->req);
+  return f;
+}
+
+/* Sends a claimed post (its `sending` state is on disk). */
+static void fire(struct inflight *f) {
+  int rc = f->ch->conn->publish(f->ch->inst, &f->post, &f->req);
   if (rc < 0) {
     struct cp_result res = {.outcome = CP_OUTCOME_RETRY, .err = rc};
     snprintf(res.message, sizeof res.message, "could not start: %s", cp_strerror(rc));
-    retry_or_fail(f, &res, 0);
-    finish(f);
-    return false;
+    on_complete(&f->req, &res);
   }
-  return true;
 }
 
 static void on_timer(uv_timer_t *t);
 
-/* Looks at one channel: marks posts past their grace missed, publishes the first due post if
- * the channel is free and its rate limit allows, and sets ch->wake_ms. */
-static void schedule_channel(struct daemon *d, struct channel *ch) {
+/* Looks at one channel inside the open batch: marks posts past their grace missed, claims the
+ * first due post if the channel is free and its rate limit allows (returned, to be fired after
+ * the commit), and sets ch->wake_ms. */
+static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, int64_t now) {
   ch->wake_ms = INT64_MAX;
   if (ch->busy || ch->notify_only || d->stopping)
-    return;
-  int64_t now = wall_ms();
+    return NULL;
   struct cp_store_posts *missed = NULL;
   if (cp_store_mark_missed(d->store, ch->conf->name, ch->grace_ms, now, &missed) == 0 && missed) {
     for (size_t i = 0; i < missed->n; i++)
@@ -739,17 +798,51 @@ static void schedule_channel(struct daemon *d, struct channel *ch) {
   }
   struct cp_store_post *next = NULL;
   if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
-    return;
+    return NULL;
+  struct inflight *f = NULL;
   if (next->next_ms > now) {
     ch->wake_ms = next->next_ms;
   } else {
     int64_t wait = cp_ratelimit_take(&ch->rl, now);
     if (wait > 0)
       ch->wake_ms = now + wait;
-    else if (!publish(d, ch, next))
-      ch->wake_ms = now + 60000; /* could not start: look again later */
+    else if (!(f = claim(d, ch, next, now)))
+      ch->wake_ms = now + 60000; /* could not claim: look again later */
   }
   cp_store_post_free(next);
+  return f;
+}
+
+/* Schedules the channels for which pick() is true: one batch (one disk sync) claims every due
+ * post, then the requests leave. */
+static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
+                           int64_t now) {
+  struct inflight **fired = calloc(d->n_ch ? d->n_ch : 1, sizeof *fired);
+  size_t n = 0;
+  if (!fired)
+    return;
+  bool batch = cp_store_batch_begin(d->store) == 0;
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (pick(&d->ch[i], now)) {
+      struct inflight *f = schedule_channel(d, &d->ch[i], now);
+      if (f)
+        fired[n++] = f;
+    }
+  if (batch && cp_store_batch_end(d->store, true) < 0) {
+    /* Nothing was claimed on disk: send nothing, look again in a second. */
+    logf_(CP_LOG_ERROR, "cannot save the claims: %s; not sending", cp_store_errmsg(d->store));
+    for (size_t i = 0; i < n; i++) {
+      fired[i]->ch->wake_ms = now + 1000;
+      fired[i]->ch->busy = false;
+      d->n_inflight--;
+      plan_unref(fired[i]->pr);
+      free(fired[i]);
+    }
+    n = 0;
+  }
+  for (size_t i = 0; i < n; i++)
+    fire(fired[i]);
+  free(fired);
 }
 
 /* Arms the one timer for the earliest channel wake-up; nothing runs while idle. */
@@ -767,20 +860,25 @@ static void arm(struct daemon *d) {
   uv_timer_start(&d->timer, on_timer, delay > 0 ? (uint64_t)delay : 0, 0);
 }
 
+static bool pick_all(struct channel *ch, int64_t now) {
+  return true;
+}
+
+static bool pick_due(struct channel *ch, int64_t now) {
+  return ch->wake_ms <= now + 1;
+}
+
 static void schedule(struct daemon *d) {
   if (!d->plan)
     return; /* nothing applied yet: never publish from an unreviewed plan */
-  for (size_t i = 0; i < d->n_ch; i++)
-    schedule_channel(d, &d->ch[i]);
+  schedule_where(d, pick_all, wall_ms());
   arm(d);
 }
 
 static void on_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
-  int64_t now = wall_ms();
-  for (size_t i = 0; i < d->n_ch; i++)
-    if (d->ch[i].wake_ms <= now + 1)
-      schedule_channel(d, &d->ch[i]);
+  if (d->plan)
+    schedule_where(d, pick_due, wall_ms());
   arm(d);
 }
 
@@ -1207,7 +1305,8 @@ int cp_daemon_run(const char *config_path) {
   uv_timer_init(d->loop, &d->timer);
   uv_timer_init(d->loop, &d->horizon);
   uv_timer_init(d->loop, &d->stop_timer);
-  d->timer.data = d->horizon.data = d->stop_timer.data = d;
+  uv_idle_init(d->loop, &d->flush);
+  d->timer.data = d->horizon.data = d->stop_timer.data = d->flush.data = d;
   uv_signal_init(d->loop, &d->sig_hup);
   uv_signal_init(d->loop, &d->sig_term);
   uv_signal_init(d->loop, &d->sig_int);
@@ -1284,7 +1383,8 @@ out_loop:
     cp_http_close(d->http, module_closed, NULL);
   uv_handle_t *own[] = {(uv_handle_t *)&d->timer,      (uv_handle_t *)&d->horizon,
                         (uv_handle_t *)&d->stop_timer, (uv_handle_t *)&d->sig_hup,
-                        (uv_handle_t *)&d->sig_term,   (uv_handle_t *)&d->sig_int};
+                        (uv_handle_t *)&d->sig_term,   (uv_handle_t *)&d->sig_int,
+                        (uv_handle_t *)&d->flush};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     close_own(own[i]);
   uv_run(d->loop, UV_RUN_DEFAULT);

@@ -327,3 +327,13 @@ void cp_store_channel_status_free(struct cp_store_channel_status *st) {
   free(st->error_message);
   free(st);
 }
+
+int cp_store_batch_begin(struct cp_store *s) {
+  ENTER(s, NULL, false);
+  return s->ops->batch_begin(s);
+}
+
+int cp_store_batch_end(struct cp_store *s, bool ok) {
+  ENTER(s, NULL, false);
+  return s->ops->batch_end(s, ok);
+}

@@ -210,6 +210,13 @@ int cp_store_channel_pause(struct cp_store *s, const char *channel, int64_t unti
 /* Resumes a channel (a channel that was not paused is fine). */
 int cp_store_channel_resume(struct cp_store *s, const char *channel);
 
+/* Group commit: the calls between batch_begin and batch_end form one transaction, so many
+ * claims or records cost one disk sync. Nothing inside is durable (or visible to other
+ * processes) before cp_store_batch_end(s, true) returns 0; a failed call inside the batch undoes
+ * only itself. batch_end(s, false), or a failed commit, undoes the whole batch. */
+int cp_store_batch_begin(struct cp_store *s);
+int cp_store_batch_end(struct cp_store *s, bool ok);
+
 /* Daemon metadata (never secrets). get: CP_ENOTFOUND if absent, *value is the caller's. */
 int cp_store_meta_set(struct cp_store *s, const char *key, const char *value);
 int cp_store_meta_get(struct cp_store *s, const char *key, char **value);
@@ -253,6 +260,8 @@ struct cp_store_ops {
   int (*channel_resume)(struct cp_store *s, const char *channel);
   int (*meta_set)(struct cp_store *s, const char *key, const char *value);
   int (*meta_get)(struct cp_store *s, const char *key, char **value);
+  int (*batch_begin)(struct cp_store *s);
+  int (*batch_end)(struct cp_store *s, bool ok);
 };
 
 extern const struct cp_store_ops cp__store_sqlite_ops;

@@ -24,6 +24,7 @@
 struct sq {
   struct cp_store base; /* first: the public functions see a struct cp_store */
   sqlite3 *db;
+  bool batch; /* inside cp_store_batch_begin/end: transactions become savepoints */
 };
 
 /* Schema migrations. Step i brings user_version from i to i + 1 in one transaction, and logs
@@ -155,17 +156,50 @@ static int exec(struct sq *q, const char *what, const char *sql) {
 
 /* IMMEDIATE takes the write lock up front, so a transaction never fails half-way with BUSY. */
 static int begin(struct sq *q) {
+  if (q->batch)
+    return exec(q, "begin savepoint", "SAVEPOINT op");
   return exec(q, "begin transaction", "BEGIN IMMEDIATE");
 }
 
 static int commit(struct sq *q) {
+  if (q->batch)
+    return exec(q, "release savepoint", "RELEASE op");
   return exec(q, "commit", "COMMIT");
 }
 
-/* Undoes the open transaction, keeping the message of the error that led here. */
+/* Undoes the open transaction (inside a batch: only this operation), keeping the message of
+ * the error that led here. */
 static void rollback(struct sq *q) {
-  if (!sqlite3_get_autocommit(q->db))
+  if (q->batch)
+    sqlite3_exec(q->db, "ROLLBACK TO op; RELEASE op", NULL, NULL, NULL);
+  else if (!sqlite3_get_autocommit(q->db))
     sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Group commit: one transaction, so one disk sync, for many claims or records. */
+static int sq_batch_begin(struct cp_store *s) {
+  struct sq *q = sq_of(s);
+  if (q->batch)
+    return cp__store_fail(s, CP_EINVAL, "store: a batch is already open");
+  int err = exec(q, "begin batch", "BEGIN IMMEDIATE");
+  if (err == 0)
+    q->batch = true;
+  return err;
+}
+
+static int sq_batch_end(struct cp_store *s, bool ok) {
+  struct sq *q = sq_of(s);
+  if (!q->batch)
+    return cp__store_fail(s, CP_EINVAL, "store: no batch is open");
+  q->batch = false;
+  if (!ok) {
+    sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+    return 0;
+  }
+  int err = exec(q, "commit batch", "COMMIT");
+  if (err < 0)
+    sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+  return err;
 }
 
 static int end(struct sq *q, int err) {
@@ -830,7 +864,7 @@ static int sq_channel_status(struct cp_store *s, const char *channel, int64_t no
   if (!cs)
     return CP_ENOMEM;
   /* One read transaction, so the numbers agree with each other. */
-  int err = exec(q, "read channel status", "BEGIN");
+  int err = exec(q, "read channel status", q->batch ? "SAVEPOINT op" : "BEGIN");
   sqlite3_stmt *st = NULL;
   int rc = SQLITE_DONE;
   if (err == 0)
@@ -979,4 +1013,6 @@ const struct cp_store_ops cp__store_sqlite_ops = {
     .channel_resume = sq_channel_resume,
     .meta_set = sq_meta_set,
     .meta_get = sq_meta_get,
+    .batch_begin = sq_batch_begin,
+    .batch_end = sq_batch_end,
 };

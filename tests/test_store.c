@@ -709,6 +709,53 @@ static void item_hash_follows_published_content(void **state) {
   assert_int_equal(cp_store_item_from_post(&b, &post), CP_EINVAL);
 }
 
+/* Group commit: claims inside a batch are one transaction; nothing is visible to another
+ * process (or durable) before the batch ends; an aborted batch claims nothing; a failed call
+ * inside a batch undoes only itself. */
+static void batch_is_one_transaction(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store *other = open_store(f);
+  struct cp_store_item its[2] = {item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+                                 item(ID_B, "m", NOW, CP_POST_SCHEDULED, 'b')};
+  reconcile(f->s, its, 2, false);
+  bool claimed = false;
+  assert_int_equal(cp_store_batch_begin(f->s), 0);
+  assert_int_equal(cp_store_batch_begin(f->s), CP_EINVAL); /* no nesting */
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  assert_true(claimed);
+  /* A failing call inside the batch (not sending) leaves the batch usable. */
+  struct cp_store_result r = {.at_ms = NOW, .outcome = CP_OUTCOME_OK, .next = CP_STORE_SENT};
+  assert_int_equal(cp_store_record_attempt(f->s, ID_B, &r), CP_EINVAL);
+  assert_int_equal(cp_store_mark_sending(f->s, ID_B, NOW, &claimed), 0);
+  assert_true(claimed);
+  assert_int_equal(cp_store_batch_end(f->s, false), 0); /* abort: nothing was claimed */
+  struct cp_store_post *p = NULL;
+  assert_int_equal(cp_store_get(other, ID_A, &p), 0);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  cp_store_post_free(p);
+
+  assert_int_equal(cp_store_batch_begin(f->s), 0);
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  assert_int_equal(cp_store_mark_sending(f->s, ID_B, NOW, &claimed), 0);
+  assert_int_equal(cp_store_batch_end(f->s, true), 0);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(cp_store_get(other, i ? ID_B : ID_A, &p), 0);
+    assert_int_equal(p->state, CP_STORE_SENDING);
+    cp_store_post_free(p);
+  }
+  /* Records of both in one batch. */
+  assert_int_equal(cp_store_batch_begin(f->s), 0);
+  assert_int_equal(cp_store_record_attempt(f->s, ID_A, &r), 0);
+  assert_int_equal(cp_store_record_attempt(f->s, ID_B, &r), 0);
+  assert_int_equal(cp_store_batch_end(f->s, true), 0);
+  assert_int_equal(cp_store_get(other, ID_B, &p), 0);
+  assert_int_equal(p->state, CP_STORE_SENT);
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_batch_end(f->s, true), CP_EINVAL); /* no batch open */
+  cp_store_close(other);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -725,6 +772,7 @@ int main(void) {
       T(crash_while_sending_is_found_at_startup),
       T(close_without_finishing_keeps_sending),
       T(a_post_is_claimed_once),
+      T(batch_is_one_transaction),
       T(retry_then_success_records_every_attempt),
       T(long_messages_are_cut_on_a_character),
       T(next_due_orders_and_honours_pauses),
