@@ -494,6 +494,7 @@ void cp_control_stop(struct cp_control *c, void (*done)(void *arg), void *arg) {
     if (!uv_is_closing((uv_handle_t *)&k->pipe) && uv_fileno((uv_handle_t *)&k->pipe, &fd) == 0)
       shutdown(fd, SHUT_RDWR);
   }
+  maybe_dispose(c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
