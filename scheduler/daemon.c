@@ -510,6 +510,7 @@ static void notify(struct daemon *d, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
+  redact(text);
   logf_(CP_LOG_WARN, "notify: %s", text);
   struct channel *ch = d->notify;
   if (!ch || d->stopping)
@@ -630,6 +631,11 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
     return;
   }
   f->res = *res;
+  /* A server may echo a secret back (an error quoting the key it rejected): redact where the
+   * result enters, so the database, status and notifications never see it. */
+  redact(f->res.message);
+  redact(f->res.remote_id);
+  redact(f->res.remote_url);
   f->done_next = NULL;
   if (d->done_tail)
     d->done_tail->done_next = f;
@@ -679,8 +685,8 @@ static void settle(struct inflight *f, const struct cp_result *res) {
     case CP_OUTCOME_OK:
       record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_SENT, 0,
              res->remote_id, res->remote_url);
-      logf_(CP_LOG_INFO, "post %s published on %s: %s (%" PRId64 " ms after due)", f->post.id,
-            ch->conf->name, res->remote_url, now - f->due_ms);
+      logf_(CP_LOG_INFO, "post %s published on %s%s%s (%" PRId64 " ms after due)", f->post.id,
+            ch->conf->name, *res->remote_url ? ": " : "", res->remote_url, now - f->due_ms);
       break;
     case CP_OUTCOME_RATE_LIMITED: {
       int64_t until = res->retry_at_ms > now ? res->retry_at_ms : 0;
@@ -766,6 +772,9 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
 
 /* Sends a claimed post (its `sending` state is on disk). */
 static void fire(struct inflight *f) {
+  /* The token is taken as the request leaves, not when it was claimed (the claim's disk sync
+   * would otherwise shorten the gaps the server sees). */
+  cp_ratelimit_take(&f->ch->rl, wall_ms());
   int rc = f->ch->conn->publish(f->ch->inst, &f->post, &f->req);
   if (rc < 0) {
     struct cp_result res = {.outcome = CP_OUTCOME_RETRY, .err = rc};
@@ -803,7 +812,7 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
   if (next->next_ms > now) {
     ch->wake_ms = next->next_ms;
   } else {
-    int64_t wait = cp_ratelimit_take(&ch->rl, now);
+    int64_t wait = cp_ratelimit_wait_ms(&ch->rl, now);
     if (wait > 0)
       ch->wake_ms = now + wait;
     else if (!(f = claim(d, ch, next, now)))
@@ -1193,6 +1202,10 @@ static int start_channels(struct daemon *d) {
             d->cfg->path, cc->section->line, cc->name, rate);
       return CP_ECONFIG;
     }
+    /* A margin of 2% (at least 20 ms) per interval, so that network jitter between requests
+     * cannot make the server count more than the configured rate. */
+    if (count > 0)
+      interval += interval / 50 > 20 ? interval / 50 : 20;
     cp_ratelimit_init(&ch->rl, count, interval, 1, wall_ms());
     if (conn->init(&d->host, &ch->cconf, &ch->inst) < 0) {
       logf_(CP_LOG_ERROR, "[channel %s]: the %s connector refused its configuration", cc->name,

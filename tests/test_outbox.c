@@ -199,6 +199,27 @@ static void config_errors_are_reported(void **state) {
   assert_null(f->mh.instance);
 }
 
+/* A crash between writing the temporary file and renaming it leaves the temporary file; the
+ * next start removes it and keeps the real post files. */
+static void crash_leftovers_are_removed_at_start(void **state) {
+  struct fixture *f = *state;
+  assert_int_equal(mkdir(f->out, 0755), 0);
+  char stale[160], kept[160], other[160];
+  snprintf(stale, sizeof stale, "%s/.00000000000000ee.json.Ab12Cd", f->out);
+  snprintf(kept, sizeof kept, "%s/00000000000000ee.json", f->out);
+  snprintf(other, sizeof other, "%s/.hidden-notes", f->out);
+  const char *paths[] = {stale, kept, other};
+  for (int i = 0; i < 3; i++) {
+    FILE *fp = fopen(paths[i], "w");
+    assert_non_null(fp);
+    fclose(fp);
+  }
+  connect_outbox(f);
+  assert_int_equal(access(stale, F_OK), -1);
+  assert_int_equal(access(kept, F_OK), 0);
+  assert_int_equal(access(other, F_OK), 0);
+}
+
 static void unwritable_folder_fails_the_post(void **state) {
   struct fixture *f = *state;
   connect_outbox(f);
@@ -237,6 +258,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(file_appears_atomically, setup, teardown),
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(unwritable_folder_fails_the_post, setup, teardown),
+      cmocka_unit_test_setup_teardown(crash_leftovers_are_removed_at_start, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_needs_content, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,6 +11,7 @@
  * Completion: the write runs on libuv's thread pool (uv_queue_work) and complete() is called from
  * the after-work callback on the loop. So publish never blocks the loop on a slow disk or fsync,
  * and never completes from inside itself. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -94,6 +95,20 @@ static int usable_dir(const char *path, char *real) {
   return 0;
 }
 
+/* A write interrupted by a crash leaves ".<id>.json.XXXXXX" behind (the rename never happened,
+ * so the post was not published and will be written again): remove such files at start. */
+static void remove_stale_temps(const char *dir) {
+  DIR *dp = opendir(dir);
+  if (!dp)
+    return;
+  for (struct dirent *de; (de = readdir(dp));) {
+    const char *n = de->d_name, *j = strstr(n, ".json.");
+    if (n[0] == '.' && j && strlen(j) == 12 && de->d_type != DT_DIR)
+      unlinkat(dirfd(dp), n, 0);
+  }
+  closedir(dp);
+}
+
 static int outbox_init(const struct cp_host *host, const struct cp_connector_conf *conf,
                        void **instance) {
   int line = conf->line;
@@ -136,6 +151,7 @@ static int outbox_init(const struct cp_host *host, const struct cp_connector_con
     return CP_ECONFIG;
   }
 
+  remove_stale_temps(real);
   struct outbox *o = calloc(1, sizeof *o);
   if (!o)
     return CP_ENOMEM;

@@ -9,7 +9,8 @@ through a pipe).
 
 Every request (except to /__control/...) is appended to the log as one JSON object per line,
 before it is answered: {"method", "path", "headers": [[name, value], ...], "body" (UTF-8 text,
-undecodable bytes replaced), "body_b64", "time"}.
+undecodable bytes replaced), "body_b64", "time", "status" (the status it is about to be answered
+with; null for a reset)}.
 
 Answers come from a queue of response specs, first match first; when nothing matches, the default
 ({"status": 200, "json": {}} unless replaced). A spec is a JSON object:
@@ -20,6 +21,7 @@ Answers come from a queue of response specs, first match first; when nothing mat
     body_size  that many bytes of "x"
     chunked    true: send the body with Transfer-Encoding: chunked (no Content-Length)
     delay      seconds to wait before answering
+    delay_max  with delay: wait a random time between delay and delay_max seconds (--seed)
     reset      true: answer nothing, close the connection with a TCP reset
     path       answer only requests for this path (query excluded)
     repeat     true: stay in the queue instead of being used once
@@ -33,6 +35,7 @@ import argparse
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -134,6 +137,7 @@ class Handler(BaseHTTPRequestHandler):
             self._control(body)
             return
         state = self.server.state
+        spec = state.next_response(self.path.split("?", 1)[0])
         state.record({
             "method": self.command,
             "path": self.path,
@@ -141,9 +145,12 @@ class Handler(BaseHTTPRequestHandler):
             "body": body.decode("utf-8", errors="replace"),
             "body_b64": base64.b64encode(body).decode("ascii"),
             "time": time.time(),
+            "status": None if spec.get("reset") else int(spec.get("status", 200)),
         })
-        spec = state.next_response(self.path.split("?", 1)[0])
-        if spec.get("delay"):
+        if spec.get("delay_max") is not None:
+            time.sleep(self.server.rng.uniform(float(spec.get("delay", 0)),
+                                               float(spec["delay_max"])))
+        elif spec.get("delay"):
             time.sleep(float(spec["delay"]))
         if spec.get("reset"):
             # SO_LINGER 0 turns close() into a RST: the client sees "connection reset".
@@ -202,6 +209,7 @@ def main():
     ap.add_argument("--log", required=True, help="JSON-lines file of received requests")
     ap.add_argument("--script", help="JSON file with the responses to serve")
     ap.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    ap.add_argument("--seed", type=int, help="seed of the random delays (delay_max)")
     args = ap.parse_args()
 
     state = State(args.log)
@@ -211,6 +219,7 @@ def main():
     server = Server(("127.0.0.1", 0), Handler)
     server.state = state
     server.verbose = args.verbose
+    server.rng = random.Random(args.seed)
 
     def stop(*_):
         os._exit(0)
