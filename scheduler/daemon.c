@@ -103,7 +103,14 @@ struct channel {
   const struct cp_connector *conn;
   void *inst;
   struct cp_connector_conf cconf;
-  struct cp_ratelimit rl;
+  struct cp_ratelimit rl; /* the server's hints (Retry-After, X-RateLimit-*) */
+  /* The configured rate, `rate = N/T`: the completion times of the last N requests. A request
+   * reaches the server before its answer comes back, so starting one no earlier than T after
+   * the answer to the N-th previous one means the server never counts more than N in any T,
+   * whatever the network's jitter. */
+  int64_t *done_at;
+  size_t rate_n, ring_pos, ring_len;
+  int64_t rate_ms;
   int64_t grace_ms;
   bool busy;        /* a post of this channel is in flight: posts go out in due order */
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
@@ -630,6 +637,13 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
     finish(f);
     return;
   }
+  struct channel *ch = f->ch;
+  if (ch->rate_n) {
+    ch->done_at[ch->ring_pos] = wall_ms();
+    ch->ring_pos = (ch->ring_pos + 1) % ch->rate_n;
+    if (ch->ring_len < ch->rate_n)
+      ch->ring_len++;
+  }
   f->res = *res;
   /* A server may echo a secret back (an error quoting the key it rejected): redact where the
    * result enters, so the database, status and notifications never see it. */
@@ -772,9 +786,6 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
 
 /* Sends a claimed post (its `sending` state is on disk). */
 static void fire(struct inflight *f) {
-  /* The token is taken as the request leaves, not when it was claimed (the claim's disk sync
-   * would otherwise shorten the gaps the server sees). */
-  cp_ratelimit_take(&f->ch->rl, wall_ms());
   int rc = f->ch->conn->publish(f->ch->inst, &f->post, &f->req);
   if (rc < 0) {
     struct cp_result res = {.outcome = CP_OUTCOME_RETRY, .err = rc};
@@ -813,6 +824,11 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
     ch->wake_ms = next->next_ms;
   } else {
     int64_t wait = cp_ratelimit_wait_ms(&ch->rl, now);
+    if (ch->rate_n && ch->ring_len == ch->rate_n) {
+      int64_t ready = ch->done_at[ch->ring_pos] + ch->rate_ms; /* the oldest of the last N */
+      if (ready - now > wait)
+        wait = ready - now;
+    }
     if (wait > 0)
       ch->wake_ms = now + wait;
     else if (!(f = claim(d, ch, next, now)))
@@ -1202,11 +1218,13 @@ static int start_channels(struct daemon *d) {
             d->cfg->path, cc->section->line, cc->name, rate);
       return CP_ECONFIG;
     }
-    /* A margin of 2% (at least 20 ms) per interval, so that network jitter between requests
-     * cannot make the server count more than the configured rate. */
-    if (count > 0)
-      interval += interval / 50 > 20 ? interval / 50 : 20;
-    cp_ratelimit_init(&ch->rl, count, interval, 1, wall_ms());
+    if (count > 0) {
+      ch->rate_n = (size_t)count;
+      ch->rate_ms = interval;
+      if (!(ch->done_at = calloc(ch->rate_n, sizeof *ch->done_at)))
+        return CP_ENOMEM;
+    }
+    cp_ratelimit_init(&ch->rl, 0, 1000, 1, wall_ms()); /* hints only */
     if (conn->init(&d->host, &ch->cconf, &ch->inst) < 0) {
       logf_(CP_LOG_ERROR, "[channel %s]: the %s connector refused its configuration", cc->name,
             cc->type);
@@ -1401,9 +1419,11 @@ out_loop:
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     close_own(own[i]);
   uv_run(d->loop, UV_RUN_DEFAULT);
-  for (size_t i = 0; i < d->n_ch; i++)
+  for (size_t i = 0; i < d->n_ch; i++) {
     if (d->ch[i].conn && d->ch[i].inst)
       d->ch[i].conn->free(d->ch[i].inst);
+    free(d->ch[i].done_at);
+  }
   free(d->ch);
   uv_loop_close(d->loop);
   plan_unref(d->plan);

@@ -18,12 +18,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
-from daemon_harness import (Event, exclusive, http_date, key_of, next_second,  # noqa: E402
-                            run_tests, sleep_until, utc_iso, wait_for)
+from daemon_harness import (SCALE, Event, exclusive, http_date, key_of,  # noqa: E402
+                            next_second, run_tests, sleep_until, utc_iso, wait_for)
 
 # How late a post may reach the receiver when it is published on time: the timer, one SQLite
-# commit and one loopback request.
-ON_TIME = 0.100
+# commit and one loopback request. The sanitizer build runs with CP_TEST_TIMEOUT_SCALE > 1: it
+# checks correctness; the latency promise (p99 < 5 ms) is measured by the release benchmark.
+ON_TIME = 0.100 * SCALE
 # Clock granularity between the daemon's decisions and the server's time stamps.
 EPS = 0.010
 
