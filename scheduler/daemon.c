@@ -30,6 +30,7 @@
 #include "config.h"
 #include "connector_registry.h"
 #include "control.h"
+#include "hints.h"
 #include "http.h"
 #include "plan.h"
 #include "ratelimit.h"
@@ -312,10 +313,27 @@ static int host_idempotency_key(const struct cp_host *host, const struct cp_post
   return cp_connector_idempotency_key(post, buf, size);
 }
 
+/* Every response of a channel also feeds its rate-limit hints: X-RateLimit-Remaining/Reset
+ * (epoch or ISO time), RateLimit-*, x-rate-limit-* and Retry-After, so the next request of the
+ * channel waits for the server's window, not only the retry of this one. */
 static void host_http_result(const struct cp_publish_req *req, const struct cp_http_resp *resp,
                              struct cp_result *res) {
   struct inflight *f = req->host_data;
-  cp_connector_http_result(f->ch->conn, f->ch->inst, resp, wall_ms(), res);
+  int64_t now = wall_ms();
+  cp_connector_http_result(f->ch->conn, f->ch->inst, resp, now, res);
+  struct cp_hints h;
+  cp_hints_init(&h);
+  for (size_t i = 0; i < resp->n_headers; i++)
+    if (cp_hints_header(&h, resp->headers[i].name, resp->headers[i].value, now) < 0)
+      logf_(CP_LOG_DEBUG, "channel %s: unreadable %s header ignored", f->ch->conf->name,
+            resp->headers[i].name);
+  if (h.remaining >= 0 && h.reset_ms > now)
+    cp_ratelimit_hint_remaining(&f->ch->rl, h.remaining, h.reset_ms, now);
+  if (h.retry_at_ms > now) {
+    cp_ratelimit_block_until(&f->ch->rl, h.retry_at_ms);
+    if (res->retry_at_ms < h.retry_at_ms)
+      res->retry_at_ms = h.retry_at_ms;
+  }
 }
 
 /* ---------------------------------------------------------------------------------------- */
