@@ -1,5 +1,5 @@
-#!/ usr / bin / python3
-#ctest - labels : integration
+#!/usr/bin/python3
+# ctest-labels: integration
 """`calpost run` end to end: the real binary ($CALPOST) publishing through webhook channels to
 tests/support/testserver.py on 127.0.0.1. Each test asserts what a user would notice: what the
 receiver got (how often per Idempotency-Key, when, in which order, with which text) and what
@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sup
 from daemon_harness import (SCALE, Event, exclusive, http_date, key_of,  # noqa: E402
                             next_second, run_tests, sleep_until, utc_iso, wait_for)
 
-#How late a post may reach the receiver when it is published on time : the timer, one SQLite
-#commit and one loopback request.The sanitizer build runs with CP_TEST_TIMEOUT_SCALE> 1 : it
-#checks correctness; the latency promise(p99 < 5 ms) is measured by the release benchmark.
+# How late a post may reach the receiver when it is published on time: the timer, one SQLite
+# commit and one loopback request. The sanitizer build runs with CP_TEST_TIMEOUT_SCALE > 1: it
+# checks correctness; the latency promise (p99 < 5 ms) is measured by the release benchmark.
 ON_TIME = 0.100 * SCALE
-#Clock granularity between the daemon 's decisions and the server' s time stamps.
+# Clock granularity between the daemon's decisions and the server's time stamps.
 EPS = 0.010
 
 
@@ -51,14 +51,14 @@ def settle_quietly(env, seconds=1.0):
     after the condition a test waits for has been reached."""
     sleep_until(time.time() + seconds)
 
-#-- - 1. on time, in order,                                                                        \
-    once -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- --
+
+# --- 1. on time, in order, once ----------------------------------------------------------------
 
 @exclusive
 def test_publishes_on_time_in_due_order_exactly_once(ctx):
     env = ctx.env(channels={"a": {}, "b": {}})
     T = next_second(2.5)
-#Listed in reverse order in the file : the order at the receiver must come from DTSTART.
+    # Listed in reverse order in the file: the order at the receiver must come from DTSTART.
     events = [Event("a3", T + 2, "third on a", ["a"]), Event("a2", T + 1, "second on a", ["a"]),
               Event("a1", T, "first on a", ["a"]), Event("b2", T + 1, "second on b", ["b"]),
               Event("b1", T, "first on b", ["b"])]
@@ -73,8 +73,7 @@ def test_publishes_on_time_in_due_order_exactly_once(ctx):
         late = r["time"] - r["json"]["due_unix"]
         assert -EPS <= late <= ON_TIME, "%s arrived %.3f s after its due time" % (
             r["json"]["uid"], late)
-        assert r["json"]["text"] == {e.uid: e.text for e in events
-}[r["json"]["uid"]]
+        assert r["json"]["text"] == {e.uid: e.text for e in events}[r["json"]["uid"]]
     for path, order in (("/a", ["a1", "a2", "a3"]), ("/b", ["b1", "b2"])):
         got = [r["json"]["uid"] for r in sorted(reqs, key=lambda r: r["time"]) if r["path"] == path]
         assert got == order, "channel %s published %s, due order is %s" % (path, got, order)
@@ -82,8 +81,8 @@ def test_publishes_on_time_in_due_order_exactly_once(ctx):
     assert (st["a"]["sent"], st["b"]["sent"]) == (3, 2), st
     assert st["a"]["queue_depth"] == 0 and st["b"]["queue_depth"] == 0, st
 
-#-- -                                                                                              \
-    2. outcomes -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 2. outcomes ---------------------------------------------------------------------------------
 
 def one_post(ctx, lead=2.0, channel_keys=None, settings=None, text="hello receiver"):
     env = ctx.env(channels={"a": channel_keys or {}}, settings=settings)
@@ -148,7 +147,7 @@ def test_x_ratelimit_remaining_zero_holds_the_channel_until_reset(ctx):
 
 
 def test_500_then_200_retried_with_backoff(ctx):
-#retry_base 500ms, retry_cap 2s : full jitter, so retry n waits at most 0.5 * 2 ^ (n - 1) s.
+    # retry_base 500ms, retry_cap 2s: full jitter, so retry n waits at most 0.5 * 2^(n-1) s.
     env, T, pid = one_post(ctx)
     env.server.script([{"status": 500, "json": {"error": "database is down"}},
                        {"status": 503, "body": "maintenance"}])
@@ -186,8 +185,8 @@ def test_timeout_is_retried_with_the_same_key(ctx):
     env.wait_state(pid, "sent", 20)
     settle_quietly(env)
     reqs = env.server.requests()
-#Idempotent connector : a timed - out request may have been processed, the retry reuses the
-#key so the receiver can drop the copy.
+    # Idempotent connector: a timed-out request may have been processed, the retry reuses the
+    # key so the receiver can drop the copy.
     assert [r["key"] for r in reqs] == [key_of(pid)] * 2, [r["key"] for r in reqs]
     assert reqs[1]["time"] - reqs[0]["time"] >= 1.0 - EPS, "retried before the 1 s timeout"
     assert reqs[0]["body"] == reqs[1]["body"], "the retry sent a different body"
@@ -234,8 +233,8 @@ def test_400_fails_at_once_with_the_server_message(ctx):
     assert st["failed"] == 1, st
     assert "text too long for this receiver" in (st["last_error"] or ""), st
 
-#-- -                                                                                              \
-    3. rate limit -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 3. rate limit -----------------------------------------------------------------------------
 
 @exclusive
 def test_rate_limit_is_never_exceeded(ctx):
@@ -248,15 +247,15 @@ def test_rate_limit_is_never_exceeded(ctx):
     wait_for(lambda: all(env.state(p) == "sent" for p in pids), 30, "ten posts sent")
     only_one_each("rate", env, pids)
     times = sorted(r["time"] for r in env.server.requests())
-#No 1 - second window holds a third request : any three requests span at least a second.
+    # No 1-second window holds a third request: any three requests span at least a second.
     for i in range(len(times) - 2):
         span = times[i + 2] - times[i]
         assert span >= 1.0 - 0.02, "3 requests within %.3f s (rate = 2/s): %s" % (
             span, [round(t - T, 3) for t in times])
     assert times[0] - T < 0.2, "the first post waited %.3f s" % (times[0] - T)
 
-#-- -                                                                                              \
-    4. plan edits while running -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 4. plan edits while running -------------------------------------------------------------
 
 def test_plan_edit_adds_an_event(ctx):
     env = ctx.env()
@@ -315,8 +314,8 @@ def test_plan_edit_changes_the_text(ctx):
     reqs = env.wait_requests(1, 10)
     assert reqs[0]["json"]["text"] == "the edited text", reqs[0]["json"]["text"]
 
-#-- - 5. broken refreshes and                                                                      \
-    held changes -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- --
+
+# --- 5. broken refreshes and held changes --------------------------------------------------------
 
 def broken_refresh(ctx, content):
     env = ctx.env(settings={"grace": "30s"})
@@ -338,7 +337,7 @@ def broken_refresh(ctx, content):
 def test_plan_replaced_by_an_html_page_is_held(ctx):
     env, d = broken_refresh(ctx, "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>"
                                  "<body>Please sign in</body></html>\n")
-#The plan is fixed : the held change is gone from `calpost status` without a confirm.
+    # The plan is fixed: the held change is gone from `calpost status` without a confirm.
     T = next_second(2)
     env.write_plan([Event("s1", T - 10, "one"), Event("s2", T - 9, "two"),
                     Event("s3", T, "after the repair")], rename=True)
@@ -360,7 +359,7 @@ def test_mass_cancellation_is_held_until_confirm(ctx):
     soon = Event("soon", T, "still published")
     env.write_plan(many + [soon])
     d = env.start()
-# 11 of 13 pending posts would go : more than hold_cancel_min(10) and more than half.
+    # 11 of 13 pending posts would go: more than hold_cancel_min (10) and more than half.
     env.write_plan(many[:1] + [soon], rename=True)
     d.wait_log("plan change held", 10)
     held = env.status()["held_changes"]
@@ -374,8 +373,8 @@ def test_mass_cancellation_is_held_until_confirm(ctx):
     assert env.state(env.pid("c00")) == "pending"
     assert env.status()["held_changes"] == []
 
-#-- - 6. pause and                                                                                 \
-    resume -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 6. pause and resume -------------------------------------------------------------------------
 
 def test_pause_all_then_resume_all(ctx):
     env = ctx.env(channels={"a": {}, "b": {}}, settings={"grace": "20s"})
@@ -430,8 +429,8 @@ def test_pause_channel_until_a_time(ctx):
         ra[0]["time"] - until)
     assert not env.channel_status("a")["paused"]
 
-#-- -                                                                                              \
-    7. restart after an outage -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- --
+
+# --- 7. restart after an outage ------------------------------------------------------------------
 
 def stop_for_outage(d):
     """Stops the daemon with SIGTERM as systemd does. This test is about the outage, not the stop:
@@ -479,8 +478,8 @@ def test_restart_within_grace_publishes_late(ctx):
     settle_quietly(env, 0.5)
     assert len(env.server.requests()) == 1
 
-#-- -                                                                                              \
-    8. one daemon per state dir -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 8. one daemon per state dir ---------------------------------------------------------------
 
 def test_second_instance_refuses_to_start(ctx):
     env = ctx.env()
@@ -493,8 +492,8 @@ def test_second_instance_refuses_to_start(ctx):
     assert first.proc.poll() is None, "the first daemon died"
     assert env.status()["state"] == "running"
 
-#-- -                                                                                              \
-    9. signals -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- --
+
+# --- 9. signals ----------------------------------------------------------------------------------
 
 def test_sigterm_waits_for_the_request_in_flight(ctx):
     env, T, pid = one_post(ctx)
@@ -513,7 +512,7 @@ def test_sigterm_waits_for_the_request_in_flight(ctx):
 
 
 def test_sighup_reloads_the_plan(ctx):
-#horizon = 3s : a post 6 s ahead is outside the horizon at start; only a reload brings it in.
+    # horizon = 3s: a post 6 s ahead is outside the horizon at start; only a reload brings it in.
     env = ctx.env(settings={"horizon": "3s"})
     T = next_second(5.5)
     env.write_plan([Event("h", T, "came in with SIGHUP")])
@@ -530,8 +529,8 @@ def test_sighup_reloads_the_plan(ctx):
     assert reqs[0]["time"] - T <= 0.25
     assert d.proc.poll() is None
 
-#-- -                                                                                              \
-    10. secrets -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+
+# --- 10. secrets ---------------------------------------------------------------------------------
 
 SECRET = "SENTINEL-hook-key-5f2c9a71e3"
 
@@ -545,13 +544,13 @@ def write_secret(env, mode):
 
 
 def test_secret_never_in_the_log_or_the_database(ctx):
-#Failures are reported to the notify channel n(another webhook on the test server).
+    # Failures are reported to the notify channel n (another webhook on the test server).
     env = ctx.env(channels={"a": {"secret_file": "hook.key"}, "n": {}},
                   extra="[notify]\nchannel = n\n")
     write_secret(env, 0o600)
     T = next_second(2)
     env.write_plan([Event("ok", T, "signed post"), Event("bad", T + 1, "rejected post")])
-#A careless receiver echoes the key in its error : it must not reach the log or the DB.
+    # A careless receiver echoes the key in its error: it must not reach the log or the DB.
     env.server.script([{"status": 200}, {"status": 400, "json": {
         "error": "bad signature: expected HMAC with key %s" % SECRET}}])
     env.start()
