@@ -1,5 +1,6 @@
 #!/usr/bin/python3
 # ctest-labels: integration
+# ctest-serial
 """`calpost run` end to end: the real binary ($CALPOST) publishing through webhook channels to
 tests/support/testserver.py on 127.0.0.1. Each test asserts what a user would notice: what the
 receiver got (how often per Idempotency-Key, when, in which order, with which text) and what
