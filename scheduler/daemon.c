@@ -112,6 +112,8 @@ struct channel {
   int64_t *done_at;
   size_t rate_n, ring_pos, ring_len;
   int64_t rate_ms;
+  uv_timer_t fire_timer;  /* sends a claimed post at its due time */
+  struct inflight *armed; /* the claimed post waiting for fire_timer */
   int64_t grace_ms;
   bool busy;        /* a post of this channel is in flight: posts go out in due order */
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
@@ -138,6 +140,7 @@ struct inflight {
   struct cp_post post;
   char key[128];
   int64_t due_ms;
+  int64_t fire_at; /* when the request may leave: due (or the rate limit's), after the claim */
   int attempts;
   bool notification;
   char *note_text; /* owned text of a notification */
@@ -172,6 +175,7 @@ struct daemon {
   int exit_status;
   /* settings */
   int64_t horizon_ms, grace_ms, max_lateness_ms, stop_wait_ms;
+  int64_t claim_ahead_ms; /* claim (and sync to disk) this much before the request leaves */
   struct cp_backoff backoff;
   int hold_min;
   double hold_share;
@@ -814,6 +818,14 @@ static void fire(struct inflight *f) {
 
 static void on_timer(uv_timer_t *t);
 
+static void on_fire(uv_timer_t *t) {
+  struct channel *ch = t->data;
+  struct inflight *f = ch->armed;
+  ch->armed = NULL;
+  if (f)
+    fire(f);
+}
+
 /* Looks at one channel inside the open batch: marks posts past their grace missed, claims the
  * first due post if the channel is free and its rate limit allows (returned, to be fired after
  * the commit), and sets ch->wake_ms. */
@@ -821,37 +833,47 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
   ch->wake_ms = INT64_MAX;
   if (ch->busy || ch->notify_only || d->stopping)
     return NULL;
-  struct cp_store_posts *missed = NULL;
-  if (cp_store_mark_missed(d->store, ch->conf->name, ch->grace_ms, now, &missed) == 0 && missed) {
-    for (size_t i = 0; i < missed->n; i++)
-      logf_(CP_LOG_WARN, "post %s on %s missed: due %" PRId64 " s ago, grace is %" PRId64 " s",
-            missed->v[i].id, ch->conf->name, (now - missed->v[i].due_ms) / 1000,
-            ch->grace_ms / 1000);
-    if (missed->n)
-      notify(d,
-             "calpost: %zu post(s) on %s missed their time (calpost was not running or the "
-             "channel was paused past the grace of %" PRId64 " minutes)",
-             missed->n, ch->conf->name, ch->grace_ms / 60000);
-    cp_store_posts_free(missed);
-  }
   struct cp_store_post *next = NULL;
   if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
     return NULL;
-  struct inflight *f = NULL;
-  if (next->next_ms > now) {
-    ch->wake_ms = next->next_ms;
-  } else {
-    int64_t wait = cp_ratelimit_wait_ms(&ch->rl, now);
-    if (ch->rate_n && ch->ring_len == ch->rate_n) {
-      int64_t ready = ch->done_at[ch->ring_pos] + ch->rate_ms; /* the oldest of the last N */
-      if (ready - now > wait)
-        wait = ready - now;
+  /* Only when the first post is already past its grace is there anything to mark missed. */
+  if (next->next_ms < now - ch->grace_ms) {
+    cp_store_post_free(next);
+    next = NULL;
+    struct cp_store_posts *missed = NULL;
+    if (cp_store_mark_missed(d->store, ch->conf->name, ch->grace_ms, now, &missed) == 0 && missed) {
+      for (size_t i = 0; i < missed->n; i++)
+        logf_(CP_LOG_WARN, "post %s on %s missed: due %" PRId64 " s ago, grace is %" PRId64 " s",
+              missed->v[i].id, ch->conf->name, (now - missed->v[i].due_ms) / 1000,
+              ch->grace_ms / 1000);
+      if (missed->n)
+        notify(d,
+               "calpost: %zu post(s) on %s missed their time (calpost was not running or the "
+               "channel was paused past the grace of %" PRId64 " minutes)",
+               missed->n, ch->conf->name, ch->grace_ms / 60000);
+      cp_store_posts_free(missed);
     }
-    if (wait > 0)
-      ch->wake_ms = now + wait;
-    else if (!(f = claim(d, ch, next, now)))
-      ch->wake_ms = now + 60000; /* could not claim: look again later */
+    if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
+      return NULL;
   }
+  struct inflight *f = NULL;
+  /* When the request may leave: its due (or retry) time, the server's hints, the rate window. */
+  int64_t at = next->next_ms > now ? next->next_ms : now;
+  int64_t hint = cp_ratelimit_wait_ms(&ch->rl, now);
+  if (hint > 0 && now + hint > at)
+    at = now + hint;
+  if (ch->rate_n && ch->ring_len == ch->rate_n) {
+    int64_t ready = ch->done_at[ch->ring_pos] + ch->rate_ms; /* the oldest of the last N */
+    if (ready > at)
+      at = ready;
+  }
+  /* The claim's disk sync happens ahead of time, so the request leaves at `at`. */
+  if (at - now > d->claim_ahead_ms)
+    ch->wake_ms = at - d->claim_ahead_ms;
+  else if ((f = claim(d, ch, next, now)))
+    f->fire_at = at;
+  else
+    ch->wake_ms = now + 60000; /* could not claim: look again later */
   cp_store_post_free(next);
   return f;
 }
@@ -883,8 +905,16 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     }
     n = 0;
   }
-  for (size_t i = 0; i < n; i++)
-    fire(fired[i]);
+  now = wall_ms();
+  for (size_t i = 0; i < n; i++) {
+    struct inflight *f = fired[i];
+    if (f->fire_at > now) {
+      f->ch->armed = f;
+      uv_timer_start(&f->ch->fire_timer, on_fire, (uint64_t)(f->fire_at - now), 0);
+    } else {
+      fire(f);
+    }
+  }
   free(fired);
 }
 
@@ -1249,6 +1279,8 @@ static int start_channels(struct daemon *d) {
       return CP_ECONFIG;
     }
     ch->wake_ms = INT64_MAX;
+    uv_timer_init(d->loop, &ch->fire_timer);
+    ch->fire_timer.data = ch;
     ch->notify_only = cp_section_get(cc->section, "notify_only") != NULL;
     if (notify_name && !strcmp(notify_name, cc->name))
       d->notify = ch;
@@ -1276,6 +1308,7 @@ static int read_settings(struct daemon *d) {
   rc |= setting_duration(d->cfg, s, "retry_base", 30000, &d->backoff.base_ms);
   rc |= setting_duration(d->cfg, s, "retry_cap", 15 * 60000, &d->backoff.cap_ms);
   rc |= setting_duration(d->cfg, s, "stop_wait", 10000, &d->stop_wait_ms);
+  rc |= setting_duration(d->cfg, s, "claim_ahead", 50, &d->claim_ahead_ms);
   rc |= setting_duration(d->cfg, s, "horizon_refresh", 86400000, &d->horizon_refresh_ms);
   if (d->horizon_refresh_ms < 60000)
     d->horizon_refresh_ms = 60000;
@@ -1436,6 +1469,8 @@ out_loop:
                         (uv_handle_t *)&d->flush};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     close_own(own[i]);
+  for (size_t i = 0; i < d->n_ch; i++)
+    close_own((uv_handle_t *)&d->ch[i].fire_timer);
   uv_run(d->loop, UV_RUN_DEFAULT);
   for (size_t i = 0; i < d->n_ch; i++) {
     if (d->ch[i].conn && d->ch[i].inst)

@@ -533,8 +533,8 @@ static int setup(struct request *r, const struct cp_http_req *req) {
 
   /* libcurl silently resends a request when a reused connection dies before any answer. For a
    * POST that did arrive that is a duplicate post, so anything but GET and HEAD goes on a fresh
-   * connection, where libcurl never retries. A handshake per post is cheap at posting rates. */
-  if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+   * connection, where libcurl never retries, unless the request says a repeat is harmless. */
+  if (strcmp(method, "GET") && strcmp(method, "HEAD") && !req->idempotent)
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
 
   if (!strcmp(method, "GET")) {

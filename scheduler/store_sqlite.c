@@ -581,8 +581,60 @@ static int sq_reconcile(struct cp_store *s, const struct cp_store_item *items, s
   return 0;
 }
 
+/* The next post of one channel: the query uses the posts_channel index (a per-channel query
+ * written as "?1 IS NULL OR channel = ?1" cannot, and scans every pending post), and the
+ * channel's pause is applied here: it delays all of the channel's posts alike, so it does not
+ * change which one comes first. */
+static int next_due_of_channel(struct sq *q, const char *channel, struct cp_store_post **out) {
+  sqlite3_stmt *st;
+  int64_t paused = 0, until = 0;
+  int err = prep(q, &st, "read channel pause",
+                 "SELECT paused, paused_until_ms FROM channels WHERE name = ?1", "s", channel);
+  if (err < 0)
+    return err;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    paused = sqlite3_column_int64(st, 0);
+    until = sqlite3_column_int64(st, 1);
+  } else if (rc != SQLITE_DONE) {
+    err = dberr(q, rc, "read channel pause");
+  }
+  sqlite3_finalize(st);
+  if (err < 0)
+    return err;
+  if (paused && until == 0)
+    return cp__store_fail(&q->base, CP_ENOTFOUND, "store: channel %s is paused", channel);
+  err = prep(q, &st, "find next due post",
+             "SELECT " POST_COLS " FROM posts p WHERE p.channel = ?1 AND p.state = 'pending' "
+             "ORDER BY p.next_ms, p.due_ms, p.id LIMIT 1",
+             "s", channel);
+  if (err < 0)
+    return err;
+  struct cp_store_post *p = NULL;
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    err = cp__store_fail(&q->base, CP_ENOTFOUND, "store: no pending post in %s", channel);
+  } else if (rc != SQLITE_ROW) {
+    err = dberr(q, rc, "find next due post");
+  } else {
+    p = malloc(sizeof *p);
+    err = p ? read_post(q, st, p) : CP_ENOMEM;
+    if (err == 0 && paused && until > p->next_ms)
+      p->next_ms = until; /* when it may really go */
+  }
+  sqlite3_finalize(st);
+  if (err < 0) {
+    free(p);
+    return err;
+  }
+  *out = p;
+  return 0;
+}
+
 static int sq_next_due(struct cp_store *s, const char *channel, struct cp_store_post **out) {
   struct sq *q = sq_of(s);
+  if (channel)
+    return next_due_of_channel(q, channel, out);
   sqlite3_stmt *st;
   /* A channel paused until T holds its posts until T; paused_until_ms = 0 means indefinitely. */
   int err = prep(q, &st, "find next due post",

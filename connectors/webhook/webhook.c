@@ -324,6 +324,7 @@ static int webhook_publish(void *instance, const struct cp_post *post,
   }
   struct cp_http_req hr = {
       .method = "POST",
+      .idempotent = true, /* the Idempotency-Key makes a silent resend harmless */
       .url = w->url,
       .headers = hdrs,
       .n_headers = nh,

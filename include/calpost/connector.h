@@ -58,6 +58,11 @@ struct cp_http_req {
   long timeout_ms;         /* whole exchange; 0: 30 s */
   size_t max_response;     /* cap on response headers + body in bytes; 0: 1 MiB */
   bool follow_redirects;   /* follow up to 5 redirects, https targets only; default: none */
+  /* The request carries a key that makes a repeat harmless (an Idempotency-Key header, a
+   * Matrix transaction id, a putRecord key): it may go on a kept-alive connection, where
+   * libcurl silently resends a request whose connection died. Without it, a POST/PUT always
+   * opens a fresh connection, so that it can never arrive twice. */
+  bool idempotent;
 };
 
 /* A response, borrowed for the duration of the callback. */
