@@ -352,7 +352,7 @@ static int migrate(struct sq *q) {
     if (err < 0)
       return err;
     /* Another process may have migrated between our read and our lock: read again. */
-    int64_t locked_v;
+    int64_t locked_v = -1;
     err = read_int(q, "read schema version", "PRAGMA user_version", &locked_v);
     if (err == 0 && locked_v == v) {
       char what[64], pragma[64];
