@@ -1308,7 +1308,7 @@ static int read_settings(struct daemon *d) {
   rc |= setting_duration(d->cfg, s, "retry_base", 30000, &d->backoff.base_ms);
   rc |= setting_duration(d->cfg, s, "retry_cap", 15 * 60000, &d->backoff.cap_ms);
   rc |= setting_duration(d->cfg, s, "stop_wait", 10000, &d->stop_wait_ms);
-  rc |= setting_duration(d->cfg, s, "claim_ahead", 50, &d->claim_ahead_ms);
+  rc |= setting_duration(d->cfg, s, "claim_ahead", 500, &d->claim_ahead_ms);
   rc |= setting_duration(d->cfg, s, "horizon_refresh", 86400000, &d->horizon_refresh_ms);
   if (d->horizon_refresh_ms < 60000)
     d->horizon_refresh_ms = 60000;
