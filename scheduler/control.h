@@ -22,7 +22,8 @@
 struct cp_control_ops {
   int (*status)(void *d, json_t **out);
   int (*pause)(void *d, const char *channel /* NULL: all */, int64_t until_ms /* 0: until
-                                                                                   resumed */,
+                                                                                   resumed */
+               ,
                json_t **out);
   int (*resume)(void *d, const char *channel /* NULL: all */, json_t **out);
   int (*retry)(void *d, const char *post_id, json_t **out);
@@ -35,8 +36,8 @@ struct cp_control;
 /* Starts serving on a Unix socket at path (replacing a stale socket file; mode 0600 so that
  * only the daemon's user can connect). Returns 0 and the server in *out, or a negative CP_E* /
  * -errno (nothing is left behind). */
-int cp_control_start(uv_loop_t *loop, const char *path, const struct cp_control_ops *ops,
-                     void *d, struct cp_control **out);
+int cp_control_start(uv_loop_t *loop, const char *path, const struct cp_control_ops *ops, void *d,
+                     struct cp_control **out);
 
 /* Stops accepting, closes all handles and removes the socket file; done(arg) runs once every
  * handle is closed. c may be NULL (done runs at once). */
@@ -46,7 +47,7 @@ void cp_control_stop(struct cp_control *c, void (*done)(void *arg), void *arg);
  * HTTP status and sets *out to the parsed JSON answer; on failure returns a negative CP_E* /
  * -errno (for example -ECONNREFUSED or -ENOENT when no daemon runs) and writes a message to
  * err. */
-int cp_control_call(const char *path, const char *method, const char *url_path,
-                    const json_t *body, json_t **out, char *err, size_t errlen);
+int cp_control_call(const char *path, const char *method, const char *url_path, const json_t *body,
+                    json_t **out, char *err, size_t errlen);
 
 #endif

@@ -5,7 +5,8 @@
  * Every request has a connect timeout, a total timeout and a response size cap; TLS verification
  * stays on; only http and https are spoken; redirects are off unless asked for, and then limited
  * to https. Requests other than GET and HEAD use a fresh connection, so libcurl never resends
- * them on its own (it does so when a reused connection dies before an answer: a duplicate post). The request and response types are the connector ABI's (calpost/connector.h). */
+ * them on its own (it does so when a reused connection dies before an answer: a duplicate post).
+ * The request and response types are the connector ABI's (calpost/connector.h). */
 #ifndef CALPOST_HTTP_H
 #define CALPOST_HTTP_H
 

@@ -83,10 +83,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
   ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("idempotency-key"), -1);
   h2o_iovec_t key = i >= 0 ? req->headers.entries[i].value : h2o_iovec_init(H2O_STRLIT("-"));
   char line[256];
-  int n = snprintf(line, sizeof line, "%lld %lld %.*s\n",
-                   (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000,
-                   due_unix(req->entity.base, req->entity.len), (int)(key.len > 128 ? 128 : key.len),
-                   key.base);
+  int n = snprintf(
+      line, sizeof line, "%lld %lld %.*s\n", (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000,
+      due_unix(req->entity.base, req->entity.len), (int)(key.len > 128 ? 128 : key.len), key.base);
   append(line, (size_t)n);
   if (body_path && req->entity.len) {
     FILE *f = fopen(body_path, "wb");
@@ -150,8 +149,8 @@ int main(int argc, char **argv) {
   uv_loop_t *loop = uv_default_loop();
   h2o_config_init(&config);
   config.http1.upgrade_to_http2 = 0;
-  h2o_hostconf_t *host = h2o_config_register_host(&config, h2o_iovec_init(H2O_STRLIT("default")),
-                                                  65535);
+  h2o_hostconf_t *host =
+      h2o_config_register_host(&config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
   h2o_handler_t *h = h2o_create_handler(path, sizeof *h);
   h->on_req = on_req;

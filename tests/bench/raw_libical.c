@@ -47,8 +47,8 @@ int main(int argc, char **argv) {
   struct icaltimetype end = icaltime_from_timet_with_zone(to, 0, utc);
 
   long n = 0;
-  for (icalcomponent *ev = icalcomponent_get_first_component(root, ICAL_VEVENT_COMPONENT); ev != NULL;
-       ev = icalcomponent_get_next_component(root, ICAL_VEVENT_COMPONENT))
+  for (icalcomponent *ev = icalcomponent_get_first_component(root, ICAL_VEVENT_COMPONENT);
+       ev != NULL; ev = icalcomponent_get_next_component(root, ICAL_VEVENT_COMPONENT))
     icalcomponent_foreach_recurrence(ev, start, end, count_cb, &n);
   printf("%ld\n", n);
   icalcomponent_free(root);
