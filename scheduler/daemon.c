@@ -166,7 +166,8 @@ struct daemon {
   uv_timer_t timer;   /* the next due post (or rate-limit wake-up) */
   uv_timer_t horizon; /* the rolling horizon: re-expand recurring events */
   uv_timer_t stop_timer;
-  uv_idle_t flush; /* records finished attempts in one batch per loop iteration */
+  uv_idle_t flush;        /* records finished attempts in one batch per loop iteration */
+  uv_timer_t flush_timer; /* ... or just after an imminent send */
   struct inflight *done, *done_tail;
   uv_signal_t sig_hup, sig_term, sig_int;
   int lock_fd;
@@ -686,9 +687,32 @@ static bool pick_freed(struct channel *ch, int64_t now) {
   return ch->freed;
 }
 
+/* The earliest time a claimed post of any channel is to leave, or INT64_MAX. */
+static int64_t next_fire(struct daemon *d) {
+  int64_t t = INT64_MAX;
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].armed && d->ch[i].armed->fire_at < t)
+      t = d->ch[i].armed->fire_at;
+  return t;
+}
+
+static void on_flush_timer(uv_timer_t *t) {
+  struct daemon *d = t->data;
+  if (!uv_is_active((uv_handle_t *)&d->flush))
+    uv_idle_start(&d->flush, on_flush);
+}
+
 static void on_flush(uv_idle_t *h) {
   struct daemon *d = h->data;
   uv_idle_stop(&d->flush);
+  /* Recording outcomes syncs to disk and blocks the loop: not while another post is about to
+   * leave; right after it. */
+  int64_t now = wall_ms(), soon = next_fire(d);
+  if (soon != INT64_MAX && soon - now < 50 && !d->stopping) {
+    uv_update_time(d->loop);
+    uv_timer_start(&d->flush_timer, on_flush_timer, (uint64_t)(soon > now ? soon - now : 0) + 2, 0);
+    return;
+  }
   struct inflight *list = d->done;
   d->done = d->done_tail = NULL;
   bool batch = cp_store_batch_begin(d->store) == 0;
@@ -905,6 +929,9 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     }
     n = 0;
   }
+  /* libuv adds a timer's delay to the loop time cached when this iteration began; the claim's
+   * disk sync has happened since, so refresh it, or the post would leave early. */
+  uv_update_time(d->loop);
   now = wall_ms();
   for (size_t i = 0; i < n; i++) {
     struct inflight *f = fired[i];
@@ -948,10 +975,20 @@ static void schedule(struct daemon *d) {
   arm(d);
 }
 
+static int64_t next_fire(struct daemon *d);
+
 static void on_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
+  /* Claims sync to disk and block the loop; they run claim_ahead early, so they can wait until
+   * a post that is about to leave has left. */
+  int64_t now = wall_ms(), soon = next_fire(d);
+  if (soon != INT64_MAX && soon - now < 50) {
+    uv_update_time(d->loop);
+    uv_timer_start(&d->timer, on_timer, (uint64_t)(soon > now ? soon - now : 0) + 2, 0);
+    return;
+  }
   if (d->plan)
-    schedule_where(d, pick_due, wall_ms());
+    schedule_where(d, pick_due, now);
   arm(d);
 }
 
@@ -1388,6 +1425,8 @@ int cp_daemon_run(const char *config_path) {
   uv_timer_init(d->loop, &d->horizon);
   uv_timer_init(d->loop, &d->stop_timer);
   uv_idle_init(d->loop, &d->flush);
+  uv_timer_init(d->loop, &d->flush_timer);
+  d->flush_timer.data = d;
   d->timer.data = d->horizon.data = d->stop_timer.data = d->flush.data = d;
   uv_signal_init(d->loop, &d->sig_hup);
   uv_signal_init(d->loop, &d->sig_term);
@@ -1466,7 +1505,7 @@ out_loop:
   uv_handle_t *own[] = {(uv_handle_t *)&d->timer,      (uv_handle_t *)&d->horizon,
                         (uv_handle_t *)&d->stop_timer, (uv_handle_t *)&d->sig_hup,
                         (uv_handle_t *)&d->sig_term,   (uv_handle_t *)&d->sig_int,
-                        (uv_handle_t *)&d->flush};
+                        (uv_handle_t *)&d->flush,      (uv_handle_t *)&d->flush_timer};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     close_own(own[i]);
   for (size_t i = 0; i < d->n_ch; i++)

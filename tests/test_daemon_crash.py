@@ -110,9 +110,11 @@ def test_webhook_burst_survives_sigkill(ctx):
             p, len(sends), rows[p]["attempts"])
         resent += len(interrupted)
     logs = env.logs()
-    assert logs.count("resending with the same idempotency key") == resent, (
-        "the log reports %d resends, the database %d" % (
-            logs.count("resending with the same idempotency key"), resent))
+    # The daemon records a resend, then logs it: a SIGKILL between the two loses at most that one
+    # log line per kill, never a database row.
+    logged = logs.count("resending with the same idempotency key")
+    assert logged <= resent <= logged + kills, (
+        "the log reports %d resends, the database %d (%d kills)" % (logged, resent, kills))
     # The test proves something only if some kill hit a post in flight.
     assert resent > 0, "no kill of %d found a post `sending`: the crash path was not tested" % (
         kills)
