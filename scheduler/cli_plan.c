@@ -152,19 +152,28 @@ static void first_line(const char *text, char *buf, size_t len) {
   buf[n] = 0;
 }
 
+/* Post i of the plan with its local and UTC times (40 bytes each); false if channel is set and
+ * the post is for another one. */
+static bool post_at(const struct cp_plan *plan, size_t i, const char *channel, struct cp_post *post,
+                    char *local, char *utc) {
+  cp_plan_post(plan, i, post);
+  if (channel && strcmp(post->channel, channel))
+    return false;
+  cp_plan_format_time(post->due, post->utc_offset, local, 40);
+  cp_plan_format_time(post->due, 0, utc, 40);
+  return true;
+}
+
 static void print_text(const struct cp_plan *plan, const char *channel) {
   printf("%-23s %-17s %-12s %-9s %-16s %s\n", "LOCAL TIME", "UTC", "CHANNEL", "STATE", "ID",
          "TEXT");
   size_t shown = 0;
   for (size_t i = 0; i < plan->n_posts; i++) {
     struct cp_post post;
-    cp_plan_post(plan, i, &post);
-    const struct cp_post *p = &post;
-    if (channel && strcmp(p->channel, channel))
-      continue;
     char local[40], utc[40], line[81];
-    cp_plan_format_time(p->due, p->utc_offset, local, sizeof local);
-    cp_plan_format_time(p->due, 0, utc, sizeof utc);
+    if (!post_at(plan, i, channel, &post, local, utc))
+      continue;
+    const struct cp_post *p = &post;
     local[16] = ' ';
     memmove(local + 17, local + 19, strlen(local + 19) + 1); /* drop the seconds */
     utc[16] = 'Z';
@@ -194,13 +203,10 @@ static void print_csv(const struct cp_plan *plan, const char *channel) {
   printf("id,calendar,uid,occurrence,channel,due,due_local,tzid,all_day,state,title,text\n");
   for (size_t i = 0; i < plan->n_posts; i++) {
     struct cp_post post;
-    cp_plan_post(plan, i, &post);
-    const struct cp_post *p = &post;
-    if (channel && strcmp(p->channel, channel))
-      continue;
     char local[40], utc[40];
-    cp_plan_format_time(p->due, p->utc_offset, local, sizeof local);
-    cp_plan_format_time(p->due, 0, utc, sizeof utc);
+    if (!post_at(plan, i, channel, &post, local, utc))
+      continue;
+    const struct cp_post *p = &post;
     const char *fields[] = {p->id,
                             p->calendar,
                             p->uid,
@@ -239,13 +245,10 @@ static int print_json(const struct cp_plan *plan, const char *channel, int64_t f
   bool first = true;
   for (size_t i = 0; i < plan->n_posts; i++) {
     struct cp_post post;
-    cp_plan_post(plan, i, &post);
-    const struct cp_post *p = &post;
-    if (channel && strcmp(p->channel, channel))
-      continue;
     char local[40], utc[40];
-    cp_plan_format_time(p->due, p->utc_offset, local, sizeof local);
-    cp_plan_format_time(p->due, 0, utc, sizeof utc);
+    if (!post_at(plan, i, channel, &post, local, utc))
+      continue;
+    const struct cp_post *p = &post;
     /* Built with the _nocheck setters: every string was validated as UTF-8 when its file was
      * read, and json_pack's format parsing would cost more than the rest of `plan`. */
     json_t *media = json_array();

@@ -39,8 +39,6 @@ static char *reader(char *str, int num, void *stream) {
 }
 
 static struct cp_section *section_for(struct cp_config *cfg, const char *header, int line) {
-  if (cfg->n_sections && !strcmp(cfg->sections[cfg->n_sections - 1].kind, header))
-    return &cfg->sections[cfg->n_sections - 1];
   /* inih hands us the raw header text: split "kind name". */
   char kind[64] = "", name[192] = "";
   sscanf(header, "%63s %191[^\n]", kind, name);

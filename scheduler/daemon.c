@@ -196,6 +196,15 @@ static int64_t wall_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Starts timer t to run cb at the wall-clock time at_ms (at once if it has passed). libuv adds
+ * the delay to the loop time cached when the iteration began, and a disk sync may have happened
+ * since: refresh it, or the timer fires early by that long. */
+static void timer_at(struct daemon *d, uv_timer_t *t, uv_timer_cb cb, int64_t at_ms) {
+  int64_t delay = at_ms - wall_ms();
+  uv_update_time(d->loop);
+  uv_timer_start(t, cb, delay > 0 ? (uint64_t)delay : 0, 0);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Settings                                                                                 */
 
@@ -709,8 +718,7 @@ static void on_flush(uv_idle_t *h) {
    * leave; right after it. */
   int64_t now = wall_ms(), soon = next_fire(d);
   if (soon != INT64_MAX && soon - now < 50 && !d->stopping) {
-    uv_update_time(d->loop);
-    uv_timer_start(&d->flush_timer, on_flush_timer, (uint64_t)(soon > now ? soon - now : 0) + 2, 0);
+    timer_at(d, &d->flush_timer, on_flush_timer, soon + 2);
     return;
   }
   struct inflight *list = d->done;
@@ -929,15 +937,12 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     }
     n = 0;
   }
-  /* libuv adds a timer's delay to the loop time cached when this iteration began; the claim's
-   * disk sync has happened since, so refresh it, or the post would leave early. */
-  uv_update_time(d->loop);
   now = wall_ms();
   for (size_t i = 0; i < n; i++) {
     struct inflight *f = fired[i];
     if (f->fire_at > now) {
       f->ch->armed = f;
-      uv_timer_start(&f->ch->fire_timer, on_fire, (uint64_t)(f->fire_at - now), 0);
+      timer_at(d, &f->ch->fire_timer, on_fire, f->fire_at);
     } else {
       fire(f);
     }
@@ -955,9 +960,7 @@ static void arm(struct daemon *d) {
     uv_timer_stop(&d->timer);
     return;
   }
-  int64_t delay = wake - wall_ms();
-  uv_update_time(d->loop);
-  uv_timer_start(&d->timer, on_timer, delay > 0 ? (uint64_t)delay : 0, 0);
+  timer_at(d, &d->timer, on_timer, wake);
 }
 
 static bool pick_all(struct channel *ch, int64_t now) {
@@ -983,8 +986,7 @@ static void on_timer(uv_timer_t *t) {
    * a post that is about to leave has left. */
   int64_t now = wall_ms(), soon = next_fire(d);
   if (soon != INT64_MAX && soon - now < 50) {
-    uv_update_time(d->loop);
-    uv_timer_start(&d->timer, on_timer, (uint64_t)(soon > now ? soon - now : 0) + 2, 0);
+    timer_at(d, &d->timer, on_timer, soon + 2);
     return;
   }
   if (d->plan)
@@ -1265,7 +1267,6 @@ static int start_channels(struct daemon *d) {
   d->ch = calloc(d->cfg->n_channels ? d->cfg->n_channels : 1, sizeof *d->ch);
   if (!d->ch)
     return CP_ENOMEM;
-  const struct cp_section *gs = section(d->cfg, "calpost", "");
   for (size_t i = 0; i < d->cfg->n_channels; i++) {
     const struct cp_channel_conf *cc = &d->cfg->channels[i];
     const char *module = cp_section_get(cc->section, "module");
@@ -1332,7 +1333,6 @@ static int start_channels(struct daemon *d) {
   if (nrate && cp_ratelimit_parse(nrate, &count, &interval) < 0)
     return CP_ECONFIG;
   cp_ratelimit_init(&d->notify_rl, count, interval, count, wall_ms());
-  (void)gs;
   return 0;
 }
 

@@ -1061,9 +1061,8 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
   if (rc < 0)
     return rc;
   const char *dprop = use_alt ? "X-ALT-DESC" : "DESCRIPTION";
-#define dline prop_line(e, dprop)
   for (size_t i = 0; i < e->desc->n_diags; i++)
-    diag(plan, e->file, dline, e->desc->diags[i].error, "DESCRIPTION line %d: %s",
+    diag(plan, e->file, prop_line(e, dprop), e->desc->diags[i].error, "DESCRIPTION line %d: %s",
          e->desc->diags[i].line, e->desc->diags[i].msg);
   /* Title and draft markers. */
   const char *t = e->summary ? e->summary : "";
@@ -1131,13 +1130,11 @@ static int prepare_text(struct cp_plan *plan, struct ev *e) {
   }
   for (size_t i = 0; i < e->desc->n_variants; i++)
     if (!has_channel(e->channels, e->n_channels, e->desc->variants[i].channel))
-      diag(plan, e->file, dline, false,
+      diag(plan, e->file, prop_line(e, dprop), false,
            "event \"%s\": the [%s] text is not used, the event does not post to '%s'", e->title,
            e->desc->variants[i].channel, e->desc->variants[i].channel);
   return 0;
 }
-
-#undef dline
 
 static const char *text_for(const struct ev *e, const char *channel) {
   for (size_t i = 0; i < e->desc->n_variants; i++)
@@ -1452,7 +1449,6 @@ static int expand_master(struct cp_plan *plan, struct group *g) {
     }                                                                                              \
     slots[n++] = (struct slot){(W), (U), (D)};                                                     \
   } while (0)
-  bool dtstart_in = true;
   if (m->rrule) {
     struct icalrecurrencetype rule = icalrecurrencetype_from_string(m->rrule);
     if (rule.freq == ICAL_NO_RECURRENCE) {
@@ -1474,7 +1470,6 @@ static int expand_master(struct cp_plan *plan, struct group *g) {
         until = cp_tz_wall_from_ical(rule.until);
       if (until < w0) {
         /* An UNTIL before DTSTART marks a deleted series (Confluence): nothing at all. */
-        dtstart_in = false;
         goto rdates;
       }
       rule.until = cp_tz_ical_from_wall(until, false);
@@ -1539,7 +1534,6 @@ rdates:
     }
     PUSH_SLOT(wall, utc, is_date || r->is_date);
   }
-  (void)dtstart_in;
   qsort(slots, n, sizeof *slots, cmp_slot);
   int64_t in_window = 0;
   bool cancelled_series = m->status == EV_CANCELLED;
