@@ -419,6 +419,28 @@ int cp_connector_secret_read(const struct cp_connector_conf *conf, const char *k
   return 0;
 }
 
+void cp_connector_check_keys(const struct cp_host *host, const struct cp_connector_conf *conf,
+                             const char *const *known) {
+  static const char *const host_keys[] = {"type",        "module",    "rate", "grace",
+                                          "notify_only", "max_chars", NULL};
+  char list[256] = "";
+  for (size_t j = 0; known[j]; j++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", known[j]);
+  for (size_t i = 0;; i++) {
+    const char *k = conf->key_at(conf, i);
+    if (!k)
+      break;
+    bool found = false;
+    for (size_t j = 0; known[j] && !found; j++)
+      found = !strcmp(k, known[j]);
+    for (size_t j = 0; host_keys[j] && !found; j++)
+      found = !strcmp(k, host_keys[j]);
+    if (!found)
+      host->log(host, CP_LOG_WARN, "%s:%d: [channel %s] unknown key '%s' ignored (%s knows: %s)",
+                conf->file, conf->line, conf->name, k, conf->type, list);
+  }
+}
+
 void cp_connector_secret_free(char *secret) {
   if (!secret)
     return;

@@ -66,6 +66,11 @@ void cp_connector_http_result(const struct cp_connector *c, void *instance,
 int cp_connector_secret_read(const struct cp_connector_conf *conf, const char *key, char **out,
                              char *err, size_t errlen);
 
+/* Warns about each key of conf that neither the connector (known, NULL-terminated) nor the host
+ * reads for every channel (type, module, rate, grace, notify_only, max_chars). */
+void cp_connector_check_keys(const struct cp_host *host, const struct cp_connector_conf *conf,
+                             const char *const *known);
+
 /* Wipes and frees a secret. NULL is a no-op. */
 void cp_connector_secret_free(char *secret);
 

@@ -194,9 +194,15 @@ static void config_errors_are_reported(void **state) {
   fclose(fp);
   const char *notdir[] = {"dir", file, "colour", "blue", NULL};
   assert_int_equal(mock_host_connect(&f->mh, notdir), CP_ECONFIG);
-  assert_non_null(strstr(f->mh.log, "unknown key 'colour'"));
+  assert_non_null(strstr(f->mh.log, "unknown key 'colour' ignored (outbox knows: dir)"));
   assert_non_null(strstr(f->mh.log, "plain-file"));
   assert_null(f->mh.instance);
+  /* Keys the daemon reads for every channel are not the connector's to call unknown. */
+  const char *host_keys[] = {"dir", f->out, "rate", "2/s", "grace", "5m", "max_chars", "900", NULL};
+  assert_int_equal(mock_host_connect(&f->mh, host_keys), 0);
+  assert_null(strstr(f->mh.log, "unknown key 'rate'"));
+  assert_null(strstr(f->mh.log, "unknown key 'grace'"));
+  assert_null(strstr(f->mh.log, "unknown key 'max_chars'"));
 }
 
 /* A crash between writing the temporary file and renaming it leaves the temporary file; the

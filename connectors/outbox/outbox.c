@@ -46,7 +46,7 @@ struct job {
   const char *step;              /* the call that failed */
 };
 
-static const char *const known_keys[] = {"type", "dir", "max_chars", NULL};
+static const char *const known_keys[] = {"dir", NULL};
 
 static void outbox_free(void *instance) {
   struct outbox *o = instance;
@@ -117,18 +117,7 @@ static int outbox_init(const struct cp_host *host, const struct cp_connector_con
   const char *slash = conf->file ? strrchr(conf->file, '/') : NULL;
   int err;
 
-  for (size_t i = 0;; i++) {
-    const char *k = conf->key_at(conf, i);
-    if (!k)
-      break;
-    bool known = false;
-    for (size_t j = 0; known_keys[j]; j++)
-      known = known || !strcmp(k, known_keys[j]);
-    if (!known)
-      host->log(host, CP_LOG_WARN,
-                "%s:%d: [channel %s] unknown key '%s' ignored (outbox knows: dir)", conf->file,
-                conf->line, conf->name, k);
-  }
+  cp_connector_check_keys(host, conf, known_keys);
   if (!dir || !*dir) {
     host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] needs 'dir = FOLDER' for the post files",
               conf->file, conf->line, conf->name);

@@ -52,8 +52,7 @@ struct send {
   char post_id[CP_POST_ID_LEN + 1];
 };
 
-static const char *const known_keys[] = {"type",    "url",       "secret_file", "secret_env",
-                                         "timeout", "max_chars", NULL};
+static const char *const known_keys[] = {"url", "secret_file", "secret_env", "timeout", NULL};
 
 static void webhook_free(void *instance) {
   struct webhook *w = instance;
@@ -109,19 +108,7 @@ static int webhook_init(const struct cp_host *host, const struct cp_connector_co
   bool is_http = false;
   int err;
 
-  for (size_t i = 0;; i++) {
-    const char *k = conf->key_at(conf, i);
-    if (!k)
-      break;
-    bool known = false;
-    for (size_t j = 0; known_keys[j]; j++)
-      known = known || !strcmp(k, known_keys[j]);
-    if (!known)
-      host->log(host, CP_LOG_WARN,
-                "%s:%d: [channel %s] unknown key '%s' ignored (webhook knows: url, secret_file, "
-                "secret_env, timeout, max_chars)",
-                conf->file, conf->line, conf->name, k);
-  }
+  cp_connector_check_keys(host, conf, known_keys);
   if (!url || !*url) {
     host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] needs 'url = https://...'", conf->file,
               conf->line, conf->name);
