@@ -2,6 +2,8 @@
  * from twitter-text's conformance/validate.yml, section
  * WeightedTweetsWithDiscountedEmojiCounterTest (the v3 configuration X uses today). */
 #include <setjmp.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -238,6 +240,96 @@ static void limits(void **state) {
   assert_true(cp_text_fits("email", "x", 0, NULL, NULL));
 }
 
+/* Joins parts with single spaces and collapses white space in text, to compare the words. */
+static char *words(const char *s) {
+  char *out = malloc(strlen(s) + 1), *o = out;
+  bool space = false;
+  for (; *s; s++) {
+    if (*s == ' ' || *s == '\n' || *s == '\t') {
+      space = o != out;
+      continue;
+    }
+    if (space)
+      *o++ = ' ';
+    space = false;
+    *o++ = *s;
+  }
+  *o = '\0';
+  return out;
+}
+
+static void split_keeps_every_word_within_the_limit(void **state) {
+  char text[4096] = "";
+  for (int i = 0; i < 60; i++)
+    strcat(text, i % 7 == 6 ? "Sätze enden hier. " : "Ein Wort mehr ");
+  strcat(text, "\n\nAnd a last paragraph with a link https://example.org/a/very/long/path?x=1 end.");
+  char **parts;
+  size_t n;
+  assert_int_equal(cp_text_split(text, 120, CP_COUNT_GRAPHEMES, false, &parts, &n), 0);
+  assert_true(n >= 7);
+  char joined[8192] = "";
+  for (size_t i = 0; i < n; i++) {
+    assert_true(cp_text_graphemes(parts[i]) <= 120);
+    assert_true(parts[i][0] != ' ' && parts[i][strlen(parts[i]) - 1] != ' ');
+    strcat(joined, parts[i]);
+    strcat(joined, " ");
+    if (strstr(parts[i], "https://example.org")) /* the URL is never cut */
+      assert_non_null(strstr(parts[i], "https://example.org/a/very/long/path?x=1"));
+  }
+  char *a = words(text), *b = words(joined);
+  assert_string_equal(a, b);
+  free(a);
+  free(b);
+  /* Sentence ends are preferred to other spaces: the first part ends a sentence. */
+  assert_int_equal(parts[0][strlen(parts[0]) - 1], '.');
+  cp_text_split_free(parts, n);
+}
+
+static void split_numbers_parts_within_the_limit(void **state) {
+  char text[8192] = "";
+  for (int i = 0; i < 200; i++)
+    strcat(text, "word ");
+  char **parts;
+  size_t n;
+  assert_int_equal(cp_text_split(text, 50, CP_COUNT_X, true, &parts, &n), 0);
+  assert_true(n >= 10); /* two-digit numbering was reserved */
+  char want[32];
+  for (size_t i = 0; i < n; i++) {
+    assert_true(cp_text_x_len(parts[i]) <= 50);
+    snprintf(want, sizeof want, " %zu/%zu", i + 1, n);
+    assert_string_equal(parts[i] + strlen(parts[i]) - strlen(want), want);
+  }
+  cp_text_split_free(parts, n);
+}
+
+static void split_text_that_fits_is_one_part(void **state) {
+  char **parts;
+  size_t n;
+  assert_int_equal(cp_text_split("Short post https://example.org", 300, CP_COUNT_MASTODON, true,
+                                 &parts, &n),
+                   0);
+  assert_int_equal(n, 1);
+  assert_string_equal(parts[0], "Short post https://example.org");
+  cp_text_split_free(parts, n);
+  assert_int_equal(cp_text_split("abc def", 0, CP_COUNT_X, false, &parts, &n), CP_EINVAL);
+  assert_int_equal(cp_text_split("abcdefgh ijk", 4, CP_COUNT_X, true, &parts, &n), CP_EINVAL);
+}
+
+static void split_cuts_a_long_word_at_graphemes(void **state) {
+  /* 30 family emoji (one grapheme each, many code points): cut between clusters only. */
+  char text[2048] = "";
+  for (int i = 0; i < 30; i++)
+    strcat(text, "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x91\xa7");
+  char **parts;
+  size_t n;
+  assert_int_equal(cp_text_split(text, 7, CP_COUNT_GRAPHEMES, false, &parts, &n), 0);
+  assert_int_equal(n, 5);
+  for (size_t i = 0; i < n; i++)
+    assert_true(cp_text_graphemes(parts[i]) <= 7);
+  assert_int_equal(cp_text_graphemes(parts[4]), 2);
+  cp_text_split_free(parts, n);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(utf8_valid_and_invalid),
@@ -247,6 +339,10 @@ int main(void) {
       cmocka_unit_test(mastodon_counting),
       cmocka_unit_test(find_urls),
       cmocka_unit_test(limits),
+      cmocka_unit_test(split_keeps_every_word_within_the_limit),
+      cmocka_unit_test(split_numbers_parts_within_the_limit),
+      cmocka_unit_test(split_text_that_fits_is_one_part),
+      cmocka_unit_test(split_cuts_a_long_word_at_graphemes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,27 @@ struct cp_text_limit {
 bool cp_text_fits(const char *type, const char *text, size_t max_override, size_t *count,
                   struct cp_text_limit *lim);
 
+/* How a platform counts text, for cp_text_count and cp_text_split. */
+enum cp_count {
+  CP_COUNT_GRAPHEMES = 0, /* Bluesky */
+  CP_COUNT_MASTODON,      /* cp_text_mastodon_len with URLs as 23 */
+  CP_COUNT_X,             /* cp_text_x_len */
+  CP_COUNT_UTF16,         /* Telegram */
+  CP_COUNT_CODEPOINTS,    /* LinkedIn, Discord, ... */
+};
+
+size_t cp_text_count(const char *text, enum cp_count mode);
+
+/* Splits text into a thread: parts of at most limit (counted by mode) each, cut at the last
+ * paragraph break, else sentence end, else white space that fits (a word longer than a whole
+ * part is cut at a grapheme boundary; URLs are never cut). White space at the cut is dropped.
+ * numbered appends " n/N" to each part, counted within the limit. A text that fits is one part.
+ * Returns 0 and sets *parts to a malloc'd array of *n malloc'd strings (cp_text_split_free), or
+ * CP_EINVAL if limit is too small to make progress, CP_ENOMEM. */
+int cp_text_split(const char *text, size_t limit, enum cp_count mode, bool numbered, char ***parts,
+                  size_t *n);
+void cp_text_split_free(char **parts, size_t n);
+
 /* Finds the next http:// or https:// URL at or after s; returns its start and sets *len,
  * or NULL. Trailing punctuation (.,;:!?'"*) and an unbalanced closing bracket are not part of
  * it. A URL ends at white space, at <>"{}\^` and at characters twitter-text does not accept in a
