@@ -26,6 +26,39 @@ static const struct cp_connector *const builtins[] = {
 #ifdef CP_BUILTIN_WEBHOOK
     &cp_connector_webhook,
 #endif
+#ifdef CP_BUILTIN_MASTODON
+    &cp_connector_mastodon,
+#endif
+#ifdef CP_BUILTIN_BLUESKY
+    &cp_connector_bluesky,
+#endif
+#ifdef CP_BUILTIN_X
+    &cp_connector_x,
+#endif
+#ifdef CP_BUILTIN_LINKEDIN
+    &cp_connector_linkedin,
+#endif
+#ifdef CP_BUILTIN_FACEBOOK
+    &cp_connector_facebook,
+#endif
+#ifdef CP_BUILTIN_TELEGRAM
+    &cp_connector_telegram,
+#endif
+#ifdef CP_BUILTIN_DISCORD
+    &cp_connector_discord,
+#endif
+#ifdef CP_BUILTIN_SLACK
+    &cp_connector_slack,
+#endif
+#ifdef CP_BUILTIN_MATRIX
+    &cp_connector_matrix,
+#endif
+#ifdef CP_BUILTIN_WORDPRESS
+    &cp_connector_wordpress,
+#endif
+#ifdef CP_BUILTIN_EMAIL
+    &cp_connector_email,
+#endif
     NULL,
 };
 

@@ -91,5 +91,16 @@ void cp_connector_copy_text(char *dst, size_t size, const char *src, size_t len)
 /* The built-in connectors (defined in connectors/NAME/, compiled in by CALPOST_CONNECTOR_NAME). */
 extern const struct cp_connector cp_connector_outbox;
 extern const struct cp_connector cp_connector_webhook;
+extern const struct cp_connector cp_connector_mastodon;
+extern const struct cp_connector cp_connector_bluesky;
+extern const struct cp_connector cp_connector_x;
+extern const struct cp_connector cp_connector_linkedin;
+extern const struct cp_connector cp_connector_facebook;
+extern const struct cp_connector cp_connector_telegram;
+extern const struct cp_connector cp_connector_discord;
+extern const struct cp_connector cp_connector_slack;
+extern const struct cp_connector cp_connector_matrix;
+extern const struct cp_connector cp_connector_wordpress;
+extern const struct cp_connector cp_connector_email;
 
 #endif

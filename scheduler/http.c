@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 
 #include "calpost/err.h"
@@ -24,7 +28,12 @@ struct request {
   struct cp_http *h;
   CURL *easy;
   struct curl_slist *headers;
-  char *body; /* our copy of the request body */
+  char *body;                /* our copy of the request body */
+  size_t body_len, body_off; /* for an upload (SMTP) read through on_read */
+  curl_mime *mime;           /* a multipart body */
+  struct curl_slist *rcpt;   /* SMTP recipients */
+  bool public_only;          /* refuse non-public addresses (on_open_socket) */
+  bool refused;              /* a connection was refused for its address */
   cp_http_cb cb;
   void *data;
   size_t max; /* cap on header + body bytes received */
@@ -196,6 +205,8 @@ static void request_free(struct request *r) {
   if (r->easy)
     curl_easy_cleanup(r->easy);
   curl_slist_free_all(r->headers);
+  curl_slist_free_all(r->rcpt);
+  curl_mime_free(r->mime);
   free(r->body);
   free(r->resp);
   for (size_t i = 0; i < r->n_hdrs; i++) {
@@ -382,6 +393,8 @@ static void respond(struct request *r, CURLcode rc, int err, bool sent) {
   if (err) {
     if (r->over)
       resp.errmsg = "response over the size cap";
+    else if (r->refused)
+      resp.errmsg = "the address is on a local or private network, which the config does not allow";
     else if (r->errbuf[0])
       resp.errmsg = r->errbuf;
     else
@@ -429,6 +442,157 @@ static void drain(struct cp_http *h) {
   }
 }
 
+static bool valid_header_text(const char *s) {
+  return !strpbrk(s, "\r\n");
+}
+
+/* Whether addr is a public unicast address (not loopback, private, link-local, CGNAT,
+ * multicast, documentation or otherwise reserved). */
+static bool public_address(const struct sockaddr *addr) {
+  if (addr->sa_family == AF_INET) {
+    uint32_t a = ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr);
+    static const struct {
+      uint32_t net, mask;
+    } blocked[] = {
+        {0x00000000, 0xff000000}, /* 0/8 */
+        {0x0a000000, 0xff000000}, /* 10/8 */
+        {0x64400000, 0xffc00000}, /* 100.64/10 */
+        {0x7f000000, 0xff000000}, /* 127/8 */
+        {0xa9fe0000, 0xffff0000}, /* 169.254/16 */
+        {0xac100000, 0xfff00000}, /* 172.16/12 */
+        {0xc0000000, 0xffffff00}, /* 192.0.0/24 */
+        {0xc0000200, 0xffffff00}, /* 192.0.2/24 */
+        {0xc0a80000, 0xffff0000}, /* 192.168/16 */
+        {0xc6120000, 0xfffe0000}, /* 198.18/15 */
+        {0xc6336400, 0xffffff00}, /* 198.51.100/24 */
+        {0xcb007100, 0xffffff00}, /* 203.0.113/24 */
+        {0xe0000000, 0xe0000000}, /* 224/3: multicast and reserved */
+    };
+    for (size_t i = 0; i < sizeof blocked / sizeof blocked[0]; i++)
+      if ((a & blocked[i].mask) == blocked[i].net)
+        return false;
+    return true;
+  }
+  if (addr->sa_family == AF_INET6) {
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+    const uint8_t *b = a6->s6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6) || IN6_IS_ADDR_V4COMPAT(a6)) {
+      struct sockaddr_in v4 = {.sin_family = AF_INET};
+      memcpy(&v4.sin_addr, b + 12, 4);
+      return public_address((const struct sockaddr *)&v4);
+    }
+    if (IN6_IS_ADDR_UNSPECIFIED(a6) || IN6_IS_ADDR_LOOPBACK(a6) || IN6_IS_ADDR_LINKLOCAL(a6) ||
+        IN6_IS_ADDR_SITELOCAL(a6) || IN6_IS_ADDR_MULTICAST(a6))
+      return false;
+    if ((b[0] & 0xfe) == 0xfc) /* fc00::/7 unique local */
+      return false;
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) /* 2001:db8::/32 */
+      return false;
+    if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b) /* 64:ff9b::/96 NAT64 */
+      return false;
+    return true;
+  }
+  return false;
+}
+
+/* Opens the sockets of a request that may reach public addresses only; every connection of
+ * the transfer (redirects included) passes here, after name resolution. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *address) {
+  struct request *r = clientp;
+  if (r->public_only && !public_address(&address->addr)) {
+    r->refused = true;
+    return CURL_SOCKET_BAD;
+  }
+  return socket(address->family, address->socktype, address->protocol);
+}
+
+/* Feeds an upload (the SMTP message) from our copy of the body. */
+static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata) {
+  struct request *r = userdata;
+  size_t n = size * nitems, left = r->body_len - r->body_off;
+  if (n > left)
+    n = left;
+  memcpy(buf, r->body + r->body_off, n);
+  r->body_off += n;
+  return n;
+}
+
+static bool is_smtp_url(const char *url) {
+  return !strncasecmp(url, "smtp://", 7) || !strncasecmp(url, "smtps://", 8);
+}
+
+/* Whether url names 127.0.0.1, ::1 or localhost. */
+static bool loopback_url(const char *url) {
+  CURLU *u = curl_url();
+  char *host = NULL;
+  bool ok = false;
+  if (u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+    ok = !strcmp(host, "127.0.0.1") || !strcmp(host, "[::1]") || !strcasecmp(host, "localhost");
+  curl_free(host);
+  curl_url_cleanup(u);
+  return ok;
+}
+
+static int setup_mime(struct request *r, const struct cp_http_req *req) {
+  r->mime = curl_mime_init(r->easy);
+  if (!r->mime)
+    return CP_ENOMEM;
+  for (size_t i = 0; i < req->n_parts; i++) {
+    const struct cp_http_part *pt = &req->parts[i];
+    curl_mimepart *mp = curl_mime_addpart(r->mime);
+    if (!pt->name || !pt->data)
+      return CP_EINVAL;
+    if (!mp || curl_mime_name(mp, pt->name) != CURLE_OK ||
+        curl_mime_data(mp, pt->data, pt->len ? pt->len : CURL_ZERO_TERMINATED) != CURLE_OK)
+      return CP_ENOMEM;
+    if (pt->filename && curl_mime_filename(mp, pt->filename) != CURLE_OK)
+      return CP_ENOMEM;
+    const char *type = pt->content_type;
+    if (!type && pt->filename)
+      type = "application/octet-stream";
+    if (type && curl_mime_type(mp, type) != CURLE_OK)
+      return CP_ENOMEM;
+  }
+  return 0;
+}
+
+/* SMTP: envelope, login and TLS; the body is the message, uploaded. */
+static int setup_smtp(struct request *r, const struct cp_http_req *req) {
+  CURL *e = r->easy;
+  if (!req->mail_from || !req->n_mail_rcpt || !req->body)
+    return CP_EINVAL;
+  for (size_t i = 0; i < req->n_mail_rcpt; i++) {
+    if (!req->mail_rcpt[i] || !valid_header_text(req->mail_rcpt[i]))
+      return CP_EINVAL;
+    struct curl_slist *l = curl_slist_append(r->rcpt, req->mail_rcpt[i]);
+    if (!l)
+      return CP_ENOMEM;
+    r->rcpt = l;
+  }
+  if (!valid_header_text(req->mail_from))
+    return CP_EINVAL;
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+  curl_easy_setopt(e, CURLOPT_MAIL_FROM, req->mail_from);
+  curl_easy_setopt(e, CURLOPT_MAIL_RCPT, r->rcpt);
+  /* STARTTLS is required, except that a test server on loopback may go without it. */
+  if (!strncasecmp(req->url, "smtp://", 7))
+    curl_easy_setopt(e, CURLOPT_USE_SSL,
+                     req->require_tls || !loopback_url(req->url) ? (long)CURLUSESSL_ALL
+                                                                 : (long)CURLUSESSL_NONE);
+  if (req->username)
+    curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
+  if (req->password)
+    curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
+  r->body_len = req->body_len;
+  curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+  curl_easy_setopt(e, CURLOPT_READDATA, r);
+  curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
+  return 0;
+}
+
 static bool valid_method(const char *m) {
   size_t n = strlen(m);
   if (n == 0 || n > 16)
@@ -439,21 +603,18 @@ static bool valid_method(const char *m) {
   return true;
 }
 
-static bool valid_header_text(const char *s) {
-  return !strpbrk(s, "\r\n");
-}
-
 /* Accepts only absolute http(s) URLs, so a typo fails here and not inside the transfer. */
-static bool valid_url(const char *url) {
+static bool valid_url(const char *url, bool smtp) {
   CURLU *u = curl_url();
   char *scheme = NULL;
   bool ok = false;
 
   if (!u)
     return false;
-  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+  if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK)
-    ok = !strcmp(scheme, "http") || !strcmp(scheme, "https");
+    ok = smtp ? !strcmp(scheme, "smtp") || !strcmp(scheme, "smtps")
+              : !strcmp(scheme, "http") || !strcmp(scheme, "https");
   curl_free(scheme);
   curl_url_cleanup(u);
   return ok;
@@ -479,7 +640,7 @@ static int add_header(struct request *r, const char *name, const char *value) {
 
 static int setup(struct request *r, const struct cp_http_req *req) {
   CURL *e = r->easy;
-  const char *method = req->method ? req->method : (req->body ? "POST" : "GET");
+  const char *method = req->method ? req->method : (req->body || req->n_parts ? "POST" : "GET");
   bool has_expect = false;
   int err;
 
@@ -501,6 +662,8 @@ static int setup(struct request *r, const struct cp_http_req *req) {
       return CP_ENOMEM;
     r->headers = l;
   }
+  if (req->n_parts && req->body)
+    return CP_EINVAL;
   if (req->body && req->body_len) {
     r->body = malloc(req->body_len);
     if (!r->body)
@@ -530,6 +693,13 @@ static int setup(struct request *r, const struct cp_http_req *req) {
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+  if (req->ca_file)
+    curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+  r->public_only = req->public_only;
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+  if (is_smtp_url(req->url))
+    return setup_smtp(r, req);
 
   /* libcurl silently resends a request when a reused connection dies before any answer. For a
    * POST that did arrive that is a duplicate post, so anything but GET and HEAD goes on a fresh
@@ -541,6 +711,13 @@ static int setup(struct request *r, const struct cp_http_req *req) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   } else if (!strcmp(method, "HEAD")) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (req->n_parts) {
+    err = setup_mime(r, req);
+    if (err)
+      return err;
+    curl_easy_setopt(e, CURLOPT_MIMEPOST, r->mime);
+    if (strcmp(method, "POST"))
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   } else {
     /* POST machinery sends the body; CUSTOMREQUEST renames the method for PUT, PATCH, ... */
     curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -593,8 +770,8 @@ int cp_http_request(struct cp_http *h, const struct cp_http_req *req, cp_http_cb
 
   if (!h || !req || !req->url || !cb || h->closing)
     return CP_EINVAL;
-  method = req->method ? req->method : (req->body ? "POST" : "GET");
-  if (!valid_method(method) || !valid_url(req->url))
+  method = req->method ? req->method : (req->body || req->n_parts ? "POST" : "GET");
+  if (!valid_method(method) || !valid_url(req->url, is_smtp_url(req->url)))
     return CP_EINVAL;
 
   struct request *r = calloc(1, sizeof *r);

@@ -308,6 +308,59 @@ static void many_parallel_and_chained(void **state) {
   json_decref(reqs);
 }
 
+static void multipart_body_is_built_by_libcurl(void **state) {
+  struct fixture *f = *state;
+  char url[128];
+  static const char png[] = "\x89PNG\r\n\x1a\n\x00\x01";
+  struct cp_http_part parts[] = {
+      {.name = "description", .data = "Alt t\xc3\xa9xt"},
+      {.name = "file",
+       .filename = "a.png",
+       .content_type = "image/png",
+       .data = png,
+       .len = sizeof png - 1},
+  };
+  struct cp_http_req req = {
+      .url = testserver_url(&f->ts, "/upload", url, sizeof url), .parts = parts, .n_parts = 2};
+  struct got g = run(f, &req);
+  assert_int_equal(g.status, 200);
+
+  json_t *reqs = testserver_requests(&f->ts);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(json_string_value(json_object_get(r, "method")), "POST");
+  const char *ct = testserver_header(r, "Content-Type");
+  assert_non_null(strstr(ct, "multipart/form-data; boundary="));
+  const char *body = json_string_value(json_object_get(r, "body"));
+  assert_non_null(strstr(body, "Content-Disposition: form-data; name=\"description\"\r\n\r\n"
+                               "Alt t\xc3\xa9xt\r\n"));
+  assert_non_null(strstr(body, "Content-Disposition: form-data; name=\"file\"; "
+                               "filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"));
+  json_decref(reqs);
+
+  struct cp_http_req both = {.url = url, .parts = parts, .n_parts = 2, .body = "x", .body_len = 1};
+  struct got g2 = {0};
+  assert_int_equal(cp_http_request(f->http, &both, on_resp, &g2), CP_EINVAL);
+}
+
+static void public_only_refuses_local_addresses(void **state) {
+  struct fixture *f = *state;
+  char url[128];
+  struct cp_http_req req = {.url = testserver_url(&f->ts, "/img.png", url, sizeof url),
+                            .public_only = true};
+  struct got g = run(f, &req);
+  assert_int_not_equal(g.err, 0);
+  assert_int_equal(g.status, 0);
+  assert_false(g.sent);
+  assert_non_null(strstr(g.errmsg, "local or private network"));
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 0); /* nothing reached the server */
+  json_decref(reqs);
+  /* localhost by name resolves to loopback too, and is refused the same way. */
+  snprintf(url, sizeof url, "http://localhost:%d/img.png", f->ts.port);
+  g = run(f, &req);
+  assert_non_null(strstr(g.errmsg, "local or private network"));
+}
+
 static void close_timer(uv_timer_t *t) {
   struct fixture *f = t->data;
   cp_http_close(f->http, NULL, NULL);
@@ -346,6 +399,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(bad_requests_fail_without_callback, setup, teardown),
       cmocka_unit_test_setup_teardown(many_parallel_and_chained, setup, teardown),
       cmocka_unit_test_setup_teardown(close_cancels_requests_in_flight, setup, teardown),
+      cmocka_unit_test_setup_teardown(multipart_body_is_built_by_libcurl, setup, teardown),
+      cmocka_unit_test_setup_teardown(public_only_refuses_local_addresses, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,7 +30,7 @@ struct uv_loop_s;
 
 /* Bumped on any change to a struct or callback in this file. The loader refuses a module whose
  * abi_version differs. */
-#define CP_CONNECTOR_ABI_VERSION 1
+#define CP_CONNECTOR_ABI_VERSION 2
 #define CP_CONNECTOR_SYMBOL "cp_connector_entry"
 
 /* Capability flags (struct cp_connector.caps). */
@@ -44,6 +44,15 @@ struct uv_loop_s;
 struct cp_http_header {
   const char *name;
   const char *value;
+};
+
+/* One part of a multipart/form-data body (built by libcurl's MIME API, never by hand). */
+struct cp_http_part {
+  const char *name;         /* the form field name */
+  const char *filename;     /* NULL for a plain field; set for a file upload */
+  const char *content_type; /* NULL: text/plain for fields, application/octet-stream for files */
+  const char *data;         /* the bytes; NUL-terminated string if len is 0 */
+  size_t len;
 };
 
 /* A request. Everything is borrowed and copied by http_request before it returns. */
@@ -63,6 +72,26 @@ struct cp_http_req {
    * libcurl silently resends a request whose connection died. Without it, a POST/PUT always
    * opens a fresh connection, so that it can never arrive twice. */
   bool idempotent;
+  /* A multipart/form-data body instead of body (which must then be NULL); the Content-Type
+   * header with its boundary is set by the host. */
+  const struct cp_http_part *parts;
+  size_t n_parts;
+  /* Refuse to connect to loopback, private, link-local and other non-public addresses (set by
+   * the host for media and calendar URLs from the plan; connectors leave it false). */
+  bool public_only;
+  /* A CA bundle (PEM file) to verify the server with instead of the system's (a test peer's
+   * self-signed certificate); NULL: the system's. Verification is never turned off. */
+  const char *ca_file;
+  /* smtp:// (STARTTLS required unless the host is loopback and require_tls is false) and
+   * smtps:// URLs, for the email connector: body is the whole RFC 5322 message, sent with
+   * MAIL FROM mail_from and one RCPT TO per mail_rcpt; username/password log in (AUTH) when set.
+   * resp->status is the last SMTP reply code (250 on success, 4yz / 5yz on failure). */
+  const char *mail_from;
+  const char *const *mail_rcpt;
+  size_t n_mail_rcpt;
+  const char *username;
+  const char *password;
+  bool require_tls;
 };
 
 /* A response, borrowed for the duration of the callback. */
@@ -128,6 +157,19 @@ struct cp_connector_conf {
 
 enum cp_log_level { CP_LOG_ERROR = 0, CP_LOG_WARN, CP_LOG_INFO, CP_LOG_DEBUG };
 
+/* Media bytes handed to a connector by host->media_load. Borrowed for the callback only. */
+struct cp_media_blob {
+  int err;            /* 0, or CP_E* / -errno: the media could not be loaded */
+  const char *errmsg; /* why, for people ("" if err == 0); never NULL */
+  const unsigned char *data;
+  size_t len;
+  const char *content_type; /* checked against the bytes: "image/png", "video/mp4", ... */
+  const char *filename;     /* a base name for uploads: "release.png" */
+  const char *alt;          /* alt text or NULL */
+};
+
+typedef void (*cp_media_cb)(const struct cp_media_blob *blob, void *data);
+
 /* One publish (or login check) in flight. Owned by the host; valid until complete() is called
  * for it. The post passed with it stays valid as long. */
 struct cp_publish_req {
@@ -136,11 +178,14 @@ struct cp_publish_req {
   const char *idempotency_key; /* same value as host->idempotency_key() for the post; "" for a
                                   login check */
   void *host_data;             /* the host's own */
+  /* What earlier attempts of this post stored with host->save_progress (for example the ids of
+   * the thread parts already published), "" if nothing. Survives restarts. */
+  const char *progress;
 };
 
 /* Bumped when services are added (at the end); a connector that needs a newer service checks
  * version (or size) before calling it. */
-#define CP_HOST_VERSION 1
+#define CP_HOST_VERSION 2
 
 struct cp_host {
   size_t size;            /* sizeof(struct cp_host) as the host was built */
@@ -177,6 +222,20 @@ struct cp_host {
    * retry_at_ms (from Retry-After). Leaves remote_id and remote_url empty. */
   void (*http_result)(const struct cp_publish_req *req, const struct cp_http_resp *resp,
                       struct cp_result *res);
+
+  /* ---- version 2 ---- */
+
+  /* Loads one media item of the post being published (a local file, or an https URL fetched
+   * with the host's rules: https only, public addresses only unless the config allows local
+   * ones, a size cap, a content type that is an image or video and matches the bytes). Returns
+   * 0 and calls cb exactly once later (with blob->err set on failure), or returns a negative
+   * CP_E* and never calls cb. */
+  int (*media_load)(const struct cp_publish_req *req, const struct cp_media *media, cp_media_cb cb,
+                    void *data);
+  /* Durably stores a short text (at most 4096 bytes) for this post before it returns; later
+   * attempts, also after a crash, receive it in req->progress. Used to resume a thread where it
+   * stopped. Returns 0 or a negative CP_E*. */
+  int (*save_progress)(const struct cp_publish_req *req, const char *progress);
 };
 
 /* ---- The connector -------------------------------------------------------------------------- */
@@ -214,6 +273,10 @@ struct cp_connector {
   int (*login_check)(void *instance, const struct cp_publish_req *req);
   /* Frees the instance; called only when nothing is in flight. NULL instance is a no-op. */
   void (*free)(void *instance);
+  /* The post options ([calpost] settings of an event that calpost itself does not use, such as
+   * "visibility" or "language") this connector reads, NULL-terminated; NULL if none. `calpost
+   * check` warns about an option that none of a post's channels reads. */
+  const char *const *post_options;
 };
 
 #endif

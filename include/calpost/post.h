@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum cp_post_state {
   CP_POST_SCHEDULED = 0, /* will be published at due time */
@@ -16,6 +17,13 @@ enum cp_post_state {
 struct cp_media {
   char *src;
   char *alt; /* alt text, may be NULL */
+};
+
+/* A setting from the event's [calpost] section that calpost passes on to the connectors
+ * (e.g. "visibility = unlisted", "language = de", "tags = release, spring"). */
+struct cp_post_option {
+  const char *key; /* lower case */
+  const char *value;
 };
 
 /* Length of a post id in hex characters (without the NUL). */
@@ -43,6 +51,16 @@ struct cp_post {
   const char *campaign; /* may be NULL */
   const char *file;     /* plan file and line of the VEVENT that produced this post */
   int line;
+  const struct cp_post_option *options; /* in the order written; keys are unique */
+  size_t n_options;
 };
+
+/* The value of the post option key, or NULL. */
+static inline const char *cp_post_option(const struct cp_post *post, const char *key) {
+  for (size_t i = 0; i < post->n_options; i++)
+    if (!strcmp(post->options[i].key, key))
+      return post->options[i].value;
+  return NULL;
+}
 
 #endif

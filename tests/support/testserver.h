@@ -141,15 +141,17 @@ static inline void testserver_script(const struct testserver *ts, const char *sc
 /* Every request received since the last script, as a new JSON array. */
 static inline json_t *testserver_requests(const struct testserver *ts) {
   json_t *all = json_array();
-  char line[1 << 16];
+  char *line = NULL;
+  size_t cap = 0;
   FILE *f = fopen(ts->log, "r");
   assert_non_null(f);
-  while (fgets(line, sizeof line, f)) {
+  while (getline(&line, &cap, f) > 0) { /* lines can be long: bodies of uploads */
     json_error_t jerr;
-    json_t *r = json_loads(line, 0, &jerr);
+    json_t *r = json_loads(line, JSON_ALLOW_NUL, &jerr); /* bodies may hold NUL bytes */
     assert_non_null(r);
     json_array_append_new(all, r);
   }
+  free(line);
   fclose(f);
   return all;
 }
