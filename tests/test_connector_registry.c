@@ -120,7 +120,7 @@ static void wrong_abi_is_refused_loudly(void **state) {
   assert_null(c);
   assert_non_null(strstr(err, path));
   assert_non_null(strstr(err, "connector ABI version 999"));
-  assert_non_null(strstr(err, "loads only version 1"));
+  assert_non_null(strstr(err, "loads only version 2"));
   assert_non_null(strstr(err, "rebuild"));
   assert_null(cp_connector_registry_find(reg, "example"));
 

@@ -23,6 +23,7 @@
 #include "calpost/err.h"
 #include "connector_registry.h"
 #include "http.h"
+#include "media.h"
 
 #define MOCK_WALL_MS 1700000000000LL /* Tue, 14 Nov 2023 22:13:20 GMT */
 
@@ -41,6 +42,10 @@ struct mock_host {
   int completions;
   int reentrant_completions;
   struct cp_result last;
+  unsigned attempt;    /* attempt number of the next mock_host_publish (0 means 1) */
+  char progress[4096]; /* what save_progress stored; passed to the next publish */
+  int progress_saves;
+  struct cp_media_opts media; /* allow_local is true: the test servers are on 127.0.0.1 */
 };
 
 struct mock_conf {
@@ -151,6 +156,21 @@ static inline void mock_http_result(const struct cp_publish_req *req,
   cp_connector_http_result(mh->conn, mh->instance, resp, mh->wall_ms, res);
 }
 
+static inline int mock_media_load(const struct cp_publish_req *req, const struct cp_media *media,
+                                  cp_media_cb cb, void *data) {
+  struct mock_host *mh = req->host_data;
+  return cp_media_load(&mh->loop, mh->http, &mh->media, media, cb, data);
+}
+
+static inline int mock_save_progress(const struct cp_publish_req *req, const char *progress) {
+  struct mock_host *mh = req->host_data;
+  if (strlen(progress) >= sizeof mh->progress)
+    return CP_ELIMIT;
+  snprintf(mh->progress, sizeof mh->progress, "%s", progress);
+  mh->progress_saves++;
+  return 0;
+}
+
 static inline void mock_host_init(struct mock_host *mh, const struct cp_connector *conn) {
   memset(mh, 0, sizeof *mh);
   assert_int_equal(uv_loop_init(&mh->loop), 0);
@@ -171,7 +191,10 @@ static inline void mock_host_init(struct mock_host *mh, const struct cp_connecto
       .secret_free = cp_connector_secret_free,
       .idempotency_key = mock_idempotency_key,
       .http_result = mock_http_result,
+      .media_load = mock_media_load,
+      .save_progress = mock_save_progress,
   };
+  mh->media.allow_local = true;
 }
 
 /* Runs the connector's init with the key/value pairs kv (NULL-terminated). */
@@ -186,8 +209,13 @@ static inline int mock_host_connect(struct mock_host *mh, const char *const *kv)
 static inline struct cp_result mock_host_publish(struct mock_host *mh, const struct cp_post *post) {
   char key[64];
   assert_int_equal(cp_connector_idempotency_key(post, key, sizeof key), 0);
-  struct cp_publish_req req = {
-      .host = &mh->host, .attempt = 1, .idempotency_key = key, .host_data = mh};
+  char progress[sizeof mh->progress];
+  snprintf(progress, sizeof progress, "%s", mh->progress); /* the connector may save anew */
+  struct cp_publish_req req = {.host = &mh->host,
+                               .attempt = mh->attempt ? mh->attempt : 1,
+                               .idempotency_key = key,
+                               .host_data = mh,
+                               .progress = progress};
   int before = mh->completions;
 
   mh->in_publish = true;
@@ -220,6 +248,30 @@ static inline void mock_host_close(struct mock_host *mh) {
   for (size_t i = 0; i < mh->n_secrets; i++)
     free(mh->secrets[i]);
   mh->n_secrets = 0;
+}
+
+/* Runs the connector's login_check and the loop until it completes; returns the result. */
+static inline struct cp_result mock_host_login_check(struct mock_host *mh) {
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = mh->conn->login_check(mh->instance, &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+/* The path of a test media file under tests/data/media (pixel.png, pixel.gif). */
+static inline const char *mock_media_path(const char *name) {
+  static char buf[512];
+  snprintf(buf, sizeof buf, "%s/media/%s", CP_TEST_DATA, name);
+  return buf;
 }
 
 /* A post with every field set, for payload checks. */

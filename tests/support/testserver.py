@@ -18,6 +18,7 @@ Answers come from a queue of response specs, first match first; when nothing mat
     headers    {"Name": "value"} or [["Name", "value"], ...], e.g. Retry-After
     body       text body; or
     json       any JSON value, sent with Content-Type: application/json; or
+    body_b64   a binary body, base64-encoded; or
     body_size  that many bytes of "x"
     chunked    true: send the body with Transfer-Encoding: chunked (no Content-Length)
     delay      seconds to wait before answering
@@ -165,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
             payload = json.dumps(spec["json"]).encode()
             if not any(k.lower() == "content-type" for k, _ in headers):
                 headers.append(("Content-Type", "application/json"))
+        elif "body_b64" in spec:
+            payload = base64.b64decode(spec["body_b64"])
         elif "body_size" in spec:
             payload = b"x" * int(spec["body_size"])
         else:
