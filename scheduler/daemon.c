@@ -32,6 +32,7 @@
 #include "control.h"
 #include "hints.h"
 #include "http.h"
+#include "media.h"
 #include "plan.h"
 #include "ratelimit.h"
 #include "store.h"
@@ -139,6 +140,7 @@ struct inflight {
   struct plan_ref *pr;
   struct cp_post post;
   char key[128];
+  char *progress; /* what earlier attempts saved (req.progress points here) */
   int64_t due_ms;
   int64_t fire_at; /* when the request may leave: due (or the rate limit's), after the claim */
   int attempts;
@@ -176,6 +178,7 @@ struct daemon {
   int exit_status;
   /* settings */
   int64_t horizon_ms, grace_ms, max_lateness_ms, stop_wait_ms;
+  struct cp_media_opts media;
   int64_t claim_ahead_ms; /* claim (and sync to disk) this much before the request leaves */
   struct cp_backoff backoff;
   int hold_min;
@@ -330,6 +333,27 @@ static int host_idempotency_key(const struct cp_host *host, const struct cp_post
 /* Every response of a channel also feeds its rate-limit hints: X-RateLimit-Remaining/Reset
  * (epoch or ISO time), RateLimit-*, x-rate-limit-* and Retry-After, so the next request of the
  * channel waits for the server's window, not only the retry of this one. */
+static int host_media_load(const struct cp_publish_req *req, const struct cp_media *media,
+                           cp_media_cb cb, void *data) {
+  struct inflight *f = req->host_data;
+  return cp_media_load(f->d->loop, f->d->http, &f->d->media, media, cb, data);
+}
+
+/* Durable before it returns: the claim and outcome batches are never open while a connector
+ * runs. A notification is not a post of the store: its progress lives as long as it does. */
+static int host_save_progress(const struct cp_publish_req *req, const char *progress) {
+  struct inflight *f = req->host_data;
+  if (!progress || strlen(progress) > 4096)
+    return CP_EINVAL;
+  if (f->notification)
+    return 0;
+  int rc = cp_store_set_progress(f->d->store, f->post.id, progress);
+  if (rc < 0)
+    logf_(CP_LOG_ERROR, "post %s: cannot save its progress: %s", f->post.id,
+          cp_store_errmsg(f->d->store));
+  return rc;
+}
+
 static void host_http_result(const struct cp_publish_req *req, const struct cp_http_resp *resp,
                              struct cp_result *res) {
   struct inflight *f = req->host_data;
@@ -586,6 +610,7 @@ static void notify(struct daemon *d, const char *fmt, ...) {
   cp_connector_idempotency_key(p, f->key, sizeof f->key);
   f->req.idempotency_key = f->key;
   f->req.host_data = f;
+  f->req.progress = "";
   d->n_inflight++;
   if (ch->conn->publish(ch->inst, p, &f->req) < 0) {
     d->n_inflight--;
@@ -626,6 +651,7 @@ static void finish(struct inflight *f) {
     f->ch->busy = false;
   plan_unref(f->pr);
   free(f->note_text);
+  free(f->progress);
   free(f);
   if (d->stopping && d->n_inflight == 0)
     uv_stop(d->loop);
@@ -833,6 +859,8 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
   cp_connector_idempotency_key(&f->post, f->key, sizeof f->key);
   f->req.idempotency_key = f->key;
   f->req.host_data = f;
+  f->progress = sp->progress ? strdup(sp->progress) : NULL;
+  f->req.progress = f->progress ? f->progress : "";
   ch->busy = true;
   d->n_inflight++;
   return f;
@@ -1336,6 +1364,31 @@ static int start_channels(struct daemon *d) {
   return 0;
 }
 
+/* [calpost] media_max_size (bytes, or with k/M) and allow_local_media (yes: media URLs may
+ * reach loopback and private addresses, and plain http on loopback). */
+static int media_settings(const struct cp_config *cfg, const struct cp_section *s,
+                          struct cp_media_opts *o) {
+  const char *v = cp_section_get(s, "media_max_size");
+  *o = (struct cp_media_opts){0};
+  if (v) {
+    char *end;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (*end == 'k' || *end == 'K')
+      n <<= 10, end++;
+    else if (*end == 'M' || *end == 'm')
+      n <<= 20, end++;
+    if (end == v || *end || n == 0) {
+      logf_(CP_LOG_ERROR, "%s: [calpost] media_max_size: '%s' is not a size (e.g. 8M)", cfg->path,
+            v);
+      return CP_ECONFIG;
+    }
+    o->max_size = (size_t)n;
+  }
+  v = cp_section_get(s, "allow_local_media");
+  o->allow_local = v && (!strcmp(v, "yes") || !strcmp(v, "true"));
+  return 0;
+}
+
 static int read_settings(struct daemon *d) {
   const struct cp_section *s = section(d->cfg, "calpost", "");
   int rc = 0;
@@ -1347,6 +1400,7 @@ static int read_settings(struct daemon *d) {
   rc |= setting_duration(d->cfg, s, "stop_wait", 10000, &d->stop_wait_ms);
   rc |= setting_duration(d->cfg, s, "claim_ahead", 500, &d->claim_ahead_ms);
   rc |= setting_duration(d->cfg, s, "horizon_refresh", 86400000, &d->horizon_refresh_ms);
+  rc |= media_settings(d->cfg, s, &d->media);
   if (d->horizon_refresh_ms < 60000)
     d->horizon_refresh_ms = 60000;
   if (rc)
@@ -1410,7 +1464,9 @@ int cp_daemon_run(const char *config_path) {
                              .secret = host_secret,
                              .secret_free = host_secret_free,
                              .idempotency_key = host_idempotency_key,
-                             .http_result = host_http_result};
+                             .http_result = host_http_result,
+                             .media_load = host_media_load,
+                             .save_progress = host_save_progress};
   if (read_settings(d) < 0 || lock_state(d) < 0)
     goto out_loop;
   if (cp_store_open(NULL, d->cfg->state_dir, &d->store, err, sizeof err) < 0) {

@@ -101,7 +101,7 @@ static size_t outside_url(const char *s, size_t len, size_t cut) {
 
 /* Chooses where to end a part that starts at s and may extend to fit (bytes) of the rest. */
 static size_t choose_cut(const char *s, size_t fit) {
-  size_t floor = fit / 3; /* do not make a tiny part to cut at a nicer place */
+  size_t floor = fit / 3;              /* do not make a tiny part to cut at a nicer place */
   for (size_t i = fit; i > floor; i--) /* a paragraph break */
     if (s[i - 1] == '\n' && i >= 2 && s[i - 2] == '\n')
       return i;

@@ -269,6 +269,13 @@ int cp_store_channel_resume(struct cp_store *s, const char *channel) {
   return s->ops->channel_resume(s, channel);
 }
 
+int cp_store_set_progress(struct cp_store *s, const char *id, const char *progress) {
+  ENTER(s, id, true);
+  if (!progress)
+    return CP_EINVAL;
+  return s->ops->set_progress(s, id, progress);
+}
+
 int cp_store_meta_set(struct cp_store *s, const char *key, const char *value) {
   ENTER(s, NULL, false);
   if (!key || !value)
@@ -290,6 +297,7 @@ static void post_clear(struct cp_store_post *p) {
   free(p->channel);
   free(p->remote_id);
   free(p->remote_url);
+  free(p->progress);
 }
 
 void cp_store_post_free(struct cp_store_post *p) {

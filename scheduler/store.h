@@ -78,6 +78,7 @@ struct cp_store_post {
   char *remote_id; /* NULL unless sent */
   char *remote_url;
   int64_t updated_ms;
+  char *progress; /* what the connector saved with cp_store_set_progress, or NULL */
 };
 
 struct cp_store_posts {
@@ -218,6 +219,9 @@ int cp_store_batch_begin(struct cp_store *s);
 int cp_store_batch_end(struct cp_store *s, bool ok);
 
 /* Daemon metadata (never secrets). get: CP_ENOTFOUND if absent, *value is the caller's. */
+/* Stores a connector's progress text for post id (durable when it returns, outside a batch). */
+int cp_store_set_progress(struct cp_store *s, const char *id, const char *progress);
+
 int cp_store_meta_set(struct cp_store *s, const char *key, const char *value);
 int cp_store_meta_get(struct cp_store *s, const char *key, char **value);
 
@@ -262,6 +266,7 @@ struct cp_store_ops {
   int (*meta_get)(struct cp_store *s, const char *key, char **value);
   int (*batch_begin)(struct cp_store *s);
   int (*batch_end)(struct cp_store *s, bool ok);
+  int (*set_progress)(struct cp_store *s, const char *id, const char *progress);
 };
 
 extern const struct cp_store_ops cp__store_sqlite_ops;

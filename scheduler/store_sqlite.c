@@ -70,6 +70,8 @@ static const char *const migrations[] = {
     "  paused_until_ms INTEGER NOT NULL DEFAULT 0,\n"
     "  pause_reason TEXT);\n"
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);\n",
+    /* 2: what a connector saved of a post's progress (thread parts published, media uploaded). */
+    "ALTER TABLE posts ADD COLUMN progress TEXT;\n",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -78,7 +80,8 @@ static const char *const migrations[] = {
  * the bare variant. */
 #define POST_COLS_OF(t)                                                                            \
   t "id, " t "calendar, " t "uid, " t "occurrence, " t "channel, " t "due_ms, " t "next_ms, " t    \
-    "state, " t "hash, " t "attempts, " t "remote_id, " t "remote_url, " t "updated_ms"
+    "state, " t "hash, " t "attempts, " t "remote_id, " t "remote_url, " t "updated_ms, " t        \
+    "progress"
 #define POST_COLS POST_COLS_OF("p.")
 
 static struct sq *sq_of(struct cp_store *s) {
@@ -250,6 +253,8 @@ static int read_post(struct sq *q, sqlite3_stmt *st, struct cp_store_post *p) {
     err = dup_col(st, 10, &p->remote_id);
   if (err == 0)
     err = dup_col(st, 11, &p->remote_url);
+  if (err == 0)
+    err = dup_col(st, 13, &p->progress);
   if (err < 0) {
     free(p->calendar);
     free(p->uid);
@@ -257,6 +262,7 @@ static int read_post(struct sq *q, sqlite3_stmt *st, struct cp_store_post *p) {
     free(p->channel);
     free(p->remote_id);
     free(p->remote_url);
+    free(p->progress);
     memset(p, 0, sizeof *p);
   }
   return err;
@@ -1021,6 +1027,14 @@ static int sq_channel_resume(struct cp_store *s, const char *channel) {
   return n < 0 ? n : 0;
 }
 
+static int sq_set_progress(struct cp_store *s, const char *id, const char *progress) {
+  int n = run(sq_of(s), "save progress", "UPDATE posts SET progress = ?2 WHERE id = ?1", "ss", id,
+              progress);
+  if (n == 0)
+    return cp__store_fail(s, CP_ENOTFOUND, "store: save progress: no post %s", id);
+  return n < 0 ? n : 0;
+}
+
 static int sq_meta_set(struct cp_store *s, const char *key, const char *value) {
   int n = run(sq_of(s), "write metadata",
               "INSERT INTO meta(key, value) VALUES (?1, ?2) "
@@ -1064,6 +1078,7 @@ const struct cp_store_ops cp__store_sqlite_ops = {
     .channel_pause = sq_channel_pause,
     .channel_resume = sq_channel_resume,
     .meta_set = sq_meta_set,
+    .set_progress = sq_set_progress,
     .meta_get = sq_meta_get,
     .batch_begin = sq_batch_begin,
     .batch_end = sq_batch_end,
