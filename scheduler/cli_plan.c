@@ -11,6 +11,7 @@
 #include "calpost/err.h"
 #include "cli.h"
 #include "config.h"
+#include "channels.h"
 #include "plan.h"
 
 enum { OPT_FROM = 256, OPT_DAYS, OPT_CHANNEL, OPT_FORMAT, OPT_TZ, OPT_NOW };
@@ -135,6 +136,105 @@ static void print_diags(const struct cp_plan *plan, FILE *out) {
     else
       fprintf(out, "%s: %s: %s\n", d->file, d->error ? "error" : "warning", d->msg);
   }
+}
+
+/* ---- check: each channel's connector validates every post ---------------------------------- */
+
+/* Findings already printed (recurring events give the same finding per occurrence). */
+struct seen {
+  char **v;
+  size_t n, cap;
+};
+
+static bool seen_add(struct seen *s, const char *key) {
+  for (size_t i = 0; i < s->n; i++)
+    if (!strcmp(s->v[i], key))
+      return false;
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? 2 * s->cap : 64;
+    char **nv = realloc(s->v, cap * sizeof *nv);
+    if (!nv)
+      return true;
+    s->v = nv;
+    s->cap = cap;
+  }
+  char *k = strdup(key);
+  if (k)
+    s->v[s->n++] = k;
+  return true;
+}
+
+static void seen_free(struct seen *s) {
+  for (size_t i = 0; i < s->n; i++)
+    free(s->v[i]);
+  free(s->v);
+}
+
+struct validating {
+  const struct cp_post *post;
+  struct seen *seen;
+  size_t errors, warnings;
+};
+
+static void on_validate_diag(void *arg, bool error, const char *msg) {
+  struct validating *v = arg;
+  char line[2048];
+  snprintf(line, sizeof line, "%s:%d: %s: [%s] %s", v->post->file, v->post->line,
+           error ? "error" : "warning", v->post->channel, msg);
+  if (!seen_add(v->seen, line))
+    return;
+  puts(line);
+  if (error)
+    v->errors++;
+  else
+    v->warnings++;
+}
+
+static bool channel_validated(void *arg, const char *channel) {
+  return cp_channels_validates(arg, channel);
+}
+
+/* Runs validate on every scheduled post, and warns about post options that none of an event's
+ * channels reads. Adds to *errors and *warnings. */
+static void validate_posts(struct cp_channels *chs, const struct cp_plan *plan, size_t *errors,
+                           size_t *warnings) {
+  struct seen seen = {0}, unread = {0}, read = {0};
+  struct validating v = {.seen = &seen};
+  char key[1024];
+  for (size_t i = 0; i < plan->n_posts; i++) {
+    struct cp_post post;
+    cp_plan_post(plan, i, &post);
+    if (post.state != CP_POST_SCHEDULED)
+      continue;
+    v.post = &post;
+    cp_channels_validate(chs, &post, on_validate_diag, &v);
+    for (size_t k = 0; k < post.n_options; k++) {
+      snprintf(key, sizeof key, "%s:%d: %s", post.file, post.line, post.options[k].key);
+      if (cp_channels_reads_option(chs, post.channel, post.options[k].key))
+        seen_add(&read, key);
+      else
+        seen_add(&unread, key);
+    }
+  }
+  for (size_t i = 0; i < unread.n; i++) {
+    bool used = false;
+    for (size_t j = 0; j < read.n && !used; j++)
+      used = !strcmp(unread.v[i], read.v[j]);
+    if (used)
+      continue;
+    char *name = strrchr(unread.v[i], ' ') + 1;
+    name[-2] = '\0'; /* "file:line" */
+    printf("%s: warning: the setting '%s' in [calpost] is not read by any channel of this event, "
+           "so it is ignored (calpost's own settings are channels, media, draft, thread, "
+           "numbered and campaign)\n",
+           unread.v[i], name);
+    v.warnings++;
+  }
+  *errors += v.errors;
+  *warnings += v.warnings;
+  seen_free(&seen);
+  seen_free(&unread);
+  seen_free(&read);
 }
 
 static const char *state_name(enum cp_post_state s) {
@@ -309,6 +409,8 @@ static int print_json(const struct cp_plan *plan, const char *channel, int64_t f
 }
 
 static int run(int argc, char **argv, bool check) {
+  struct cp_channels *chs = NULL;
+  size_t ch_errors = 0, ch_warnings = 0;
   struct args a;
   int rc = parse_args(argc, argv, check ? check_help : plan_help, &a);
   if (rc >= 0)
@@ -348,6 +450,16 @@ static int run(int argc, char **argv, bool check) {
     status = 2;
     goto out;
   }
+  /* check with a config file: every channel's connector is set up (a missing secret or a bad
+   * key is an error now, not at due time) and validates the posts. */
+  if (check && cfg->path) {
+    if (cp_channels_open(cfg, stdout, &chs, &ch_errors) < 0) {
+      status = 2;
+      goto out;
+    }
+    o.validated = channel_validated;
+    o.validated_arg = chs;
+  }
   struct cp_plan *plan;
   rc = cp_plan_load(&o, &plan);
   if (rc == CP_ETZ) {
@@ -363,6 +475,10 @@ static int run(int argc, char **argv, bool check) {
   }
   if (check) {
     print_diags(plan, stdout);
+    if (chs)
+      validate_posts(chs, plan, &ch_errors, &ch_warnings);
+    plan->n_errors += ch_errors;
+    plan->n_warnings += ch_warnings;
     size_t scheduled = 0;
     for (size_t i = 0; i < plan->n_posts; i++) {
       struct cp_post post;
@@ -387,6 +503,7 @@ static int run(int argc, char **argv, bool check) {
   }
   cp_plan_free(plan);
 out:
+  cp_channels_close(chs);
   cp_config_free(cfg);
   return status;
 }

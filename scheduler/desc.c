@@ -1,6 +1,7 @@
 /* The description format: a body, then optional [channel] variants and one [calpost] settings
  * section. Settings lines go through inih, so comments and "name = value" work as in the config
  * file. */
+#include <ctype.h>
 #include "calpost/text.h"
 
 #include <stdarg.h>
@@ -198,6 +199,43 @@ static void add_media(struct parser *P, const char *v) {
   }
 }
 
+/* A setting calpost does not use itself: a post option for the connectors (`calpost check`
+ * warns about one that none of the event's channels reads). */
+static void add_option(struct parser *P, const char *name, const char *value) {
+  struct cp_desc *d = P->d;
+  char *key = strdup(name), *val = strdup(value);
+  if (!key || !val) {
+    free(key);
+    free(val);
+    P->oom = true;
+    return;
+  }
+  for (char *c = key; *c; c++)
+    *c = (char)tolower((unsigned char)*c);
+  for (size_t i = 0; i < d->n_options; i++)
+    if (!strcmp(d->options[i].key, key)) {
+      free(key);
+      free((char *)d->options[i].value);
+      d->options[i].value = val;
+      d->option_lines[i] = P->lineno;
+      return;
+    }
+  struct cp_post_option *no = realloc(d->options, (d->n_options + 1) * sizeof *no);
+  if (no)
+    d->options = no;
+  int *nl = no ? realloc(d->option_lines, (d->n_options + 1) * sizeof *nl) : NULL;
+  if (nl)
+    d->option_lines = nl;
+  if (!no || !nl) {
+    free(key);
+    free(val);
+    P->oom = true;
+    return;
+  }
+  d->options[d->n_options] = (struct cp_post_option){key, val};
+  d->option_lines[d->n_options++] = P->lineno;
+}
+
 static void apply_setting(struct parser *P, const char *name, const char *value) {
   struct cp_desc *d = P->d;
   int *flag = NULL;
@@ -226,10 +264,7 @@ static void apply_setting(struct parser *P, const char *name, const char *value)
       P->oom |= !d->campaign;
     }
   } else {
-    diag(P, P->lineno, false,
-         "Unknown setting '%s' in [calpost], so it is ignored. The settings are channels, media, "
-         "draft, thread, numbered and campaign.",
-         name);
+    add_option(P, name, value);
   }
 }
 
@@ -442,6 +477,12 @@ void cp_desc_free(struct cp_desc *d) {
   }
   free(d->media);
   free(d->campaign);
+  for (size_t i = 0; i < d->n_options; i++) {
+    free((char *)d->options[i].key);
+    free((char *)d->options[i].value);
+  }
+  free(d->options);
+  free(d->option_lines);
   for (size_t i = 0; i < d->n_diags; i++)
     free(d->diags[i].msg);
   free(d->diags);

@@ -15,6 +15,7 @@ static const struct command commands[] = {
     {"plan", cp_cli_plan, "show the agenda of upcoming posts"},
     {"check", cp_cli_check, "lint plan files like a compiler"},
     {"run", cp_cli_run, "run the daemon in the foreground"},
+    {"channels", cp_cli_channels, "list connectors; check each channel's setup and login"},
     {"status", cp_cli_status, "show the daemon's channels, queues and errors"},
     {"pause", cp_cli_pause, "stop publishing on a channel or on all of them"},
     {"resume", cp_cli_resume, "publish again after a pause"},

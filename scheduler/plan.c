@@ -1157,6 +1157,9 @@ static void check_event(struct cp_plan *plan, struct ev *e) {
     }
     size_t count;
     struct cp_text_limit lim;
+    const struct cp_plan_opts *po = plan->priv->opts;
+    if (po->validated && po->validated(po->validated_arg, e->channels[i]))
+      continue; /* its connector's validate checks the length, per post */
     bool threadable =
         !strcmp(ch->type, "mastodon") || !strcmp(ch->type, "bluesky") || !strcmp(ch->type, "x");
     if (!cp_text_fits(ch->type, text, ch->max_chars, &count, &lim) && !(e->thread && threadable))
@@ -1324,6 +1327,8 @@ void cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post) {
   post->thread = src->thread;
   post->numbered = src->numbered;
   post->campaign = src->desc->campaign;
+  post->options = src->desc->options;
+  post->n_options = src->desc->n_options;
   post->file = src->file;
   post->line = src->line;
   /* The identity: calendar, UID, occurrence, channel. */

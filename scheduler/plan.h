@@ -31,6 +31,10 @@ struct cp_plan_opts {
    * the source itself. Messages still name the source. NULL: read sources directly. */
   int (*resolve)(void *arg, const char *source, char *buf, size_t len);
   void *resolve_arg;
+  /* check: whether channel's text length is checked by its connector's validate (then the
+   * plan's own table of limits is not used for it). NULL: never. */
+  bool (*validated)(void *arg, const char *channel);
+  void *validated_arg;
 };
 
 struct cp_plan {

@@ -148,7 +148,7 @@ def main():
             with open(cfg, "w") as fh:
                 fh.write(f"[calpost]\ntimezone = UTC\nmax_file_size = {limit}\n\n"
                          f"[calendar big]\nsource = {big}\nchannels = outbox\n\n"
-                         f"[channel outbox]\ntype = outbox\n")
+                         f"[channel outbox]\ntype = outbox\ndir = {tmp}/outbox\n")
             status, diags, out = run_check(["-c", cfg, "--now", NOW])
             name = f"max_file_size = {limit}"
             hit = [d for d in diags if d[0] == "big.ics" and d[2] == "error" and "too large" in d[3].lower()]

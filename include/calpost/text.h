@@ -50,6 +50,11 @@ struct cp_desc {
   int thread;     /* -1 unset, 0 no, 1 yes */
   int numbered;   /* -1 unset, 0 no, 1 yes */
   char *campaign; /* NULL if unset */
+  /* Other settings, passed to the connectors as post options (keys lower case, unique: a
+   * repeated key keeps its last value); option_lines[i] is the line of options[i]. */
+  struct cp_post_option *options;
+  int *option_lines;
+  size_t n_options;
   struct cp_desc_diag *diags;
   size_t n_diags;
 };
