@@ -664,7 +664,7 @@ static int sq_next_due(struct cp_store *s, const char *channel, struct cp_store_
     p = malloc(sizeof *p);
     err = p ? read_post(q, st, p) : CP_ENOMEM;
     if (err == 0)
-      p->next_ms = sqlite3_column_int64(st, 13); /* eff: when it may really go */
+      p->next_ms = sqlite3_column_int64(st, 14); /* eff (after POST_COLS): when it may really go */
   }
   sqlite3_finalize(st);
   if (err < 0) {

@@ -359,9 +359,9 @@ static void reopen_keeps_state_and_migrates_once(void **state) {
   cp_store_channel_status_free(cs);
   cp_store_close(f->s);
   f->s = NULL;
-  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 1);
-  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 1);
-  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 1);
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 2);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 2);
+  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 2);
   sqlite3 *h;
   assert_int_equal(sqlite3_open(f->db, &h), SQLITE_OK);
   sqlite3_stmt *st;
@@ -370,6 +370,27 @@ static void reopen_keeps_state_and_migrates_once(void **state) {
   assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
   sqlite3_finalize(st);
   sqlite3_close(h);
+}
+
+/* A connector's progress survives a reopen (a crash mid-thread) and comes with the claim. */
+static void progress_is_kept_with_the_post(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item it = item(ID_A, "mastodon", NOW + MIN, CP_POST_SCHEDULED, 'a');
+  struct cp_store_counts c;
+  assert_int_equal(cp_store_reconcile(f->s, &it, 1, NOW, false, &c), 0);
+  assert_int_equal(cp_store_set_progress(f->s, ID_A, "1=111;2=222"), 0);
+  assert_int_equal(cp_store_set_progress(f->s, ID_B, "x"), CP_ENOTFOUND);
+  cp_store_close(f->s);
+  f->s = open_store(f);
+  struct cp_store_post *p;
+  assert_int_equal(cp_store_next_due(f->s, "mastodon", &p), 0);
+  assert_string_equal(p->progress, "1=111;2=222");
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_next_due(f->s, NULL, &p), 0);
+  assert_string_equal(p->progress, "1=111;2=222");
+  assert_int_equal(p->next_ms, NOW + MIN);
+  cp_store_post_free(p);
 }
 
 static void newer_schema_is_refused(void **state) {
@@ -767,6 +788,7 @@ int main(void) {
       T(dry_run_counts_without_changing),
       T(duplicate_ids_change_nothing),
       T(reopen_keeps_state_and_migrates_once),
+      T(progress_is_kept_with_the_post),
       T(newer_schema_is_refused),
       T(unknown_backend_is_refused),
       T(crash_while_sending_is_found_at_startup),
