@@ -176,7 +176,8 @@ int cp_channels_open(const struct cp_config *cfg, FILE *log, struct cp_channels 
     return CP_ENOMEM;
   }
   const char *path = cfg->path ? cfg->path : "(defaults)";
-  for (size_t i = 0; i < cfg->n_channels; i++) {
+  /* Without a config file the channels are only implied by plan names: nothing to set up. */
+  for (size_t i = 0; cfg->path && i < cfg->n_channels; i++) {
     const struct cp_channel_conf *cc = &cfg->channels[i];
     struct chan *ch = &c->v[c->n++];
     ch->c = c;

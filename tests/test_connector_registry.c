@@ -50,7 +50,51 @@ static void builtins_are_registered(void **state) {
   assert_true(w->caps & CP_CAP_IDEMPOTENT);
   builtins++;
 #endif
-  assert_null(cp_connector_registry_find(reg, "mastodon"));
+#ifdef CP_BUILTIN_MASTODON
+  assert_ptr_equal(cp_connector_registry_find(reg, "mastodon"), &cp_connector_mastodon);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_BLUESKY
+  assert_ptr_equal(cp_connector_registry_find(reg, "bluesky"), &cp_connector_bluesky);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_X
+  assert_ptr_equal(cp_connector_registry_find(reg, "x"), &cp_connector_x);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_LINKEDIN
+  assert_ptr_equal(cp_connector_registry_find(reg, "linkedin"), &cp_connector_linkedin);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_FACEBOOK
+  assert_ptr_equal(cp_connector_registry_find(reg, "facebook"), &cp_connector_facebook);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_TELEGRAM
+  assert_ptr_equal(cp_connector_registry_find(reg, "telegram"), &cp_connector_telegram);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_DISCORD
+  assert_ptr_equal(cp_connector_registry_find(reg, "discord"), &cp_connector_discord);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_SLACK
+  assert_ptr_equal(cp_connector_registry_find(reg, "slack"), &cp_connector_slack);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_MATRIX
+  assert_ptr_equal(cp_connector_registry_find(reg, "matrix"), &cp_connector_matrix);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_WORDPRESS
+  assert_ptr_equal(cp_connector_registry_find(reg, "wordpress"), &cp_connector_wordpress);
+  builtins++;
+#endif
+#ifdef CP_BUILTIN_EMAIL
+  assert_ptr_equal(cp_connector_registry_find(reg, "email"), &cp_connector_email);
+  builtins++;
+#endif
+  assert_null(cp_connector_registry_find(reg, "myspace"));
   size_t n = 0;
   while (cp_connector_registry_at(reg, n))
     n++;

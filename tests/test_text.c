@@ -262,7 +262,8 @@ static void split_keeps_every_word_within_the_limit(void **state) {
   char text[4096] = "";
   for (int i = 0; i < 60; i++)
     strcat(text, i % 7 == 6 ? "Sätze enden hier. " : "Ein Wort mehr ");
-  strcat(text, "\n\nAnd a last paragraph with a link https://example.org/a/very/long/path?x=1 end.");
+  strcat(text,
+         "\n\nAnd a last paragraph with a link https://example.org/a/very/long/path?x=1 end.");
   char **parts;
   size_t n;
   assert_int_equal(cp_text_split(text, 120, CP_COUNT_GRAPHEMES, false, &parts, &n), 0);
@@ -305,9 +306,8 @@ static void split_numbers_parts_within_the_limit(void **state) {
 static void split_text_that_fits_is_one_part(void **state) {
   char **parts;
   size_t n;
-  assert_int_equal(cp_text_split("Short post https://example.org", 300, CP_COUNT_MASTODON, true,
-                                 &parts, &n),
-                   0);
+  assert_int_equal(
+      cp_text_split("Short post https://example.org", 300, CP_COUNT_MASTODON, true, &parts, &n), 0);
   assert_int_equal(n, 1);
   assert_string_equal(parts[0], "Short post https://example.org");
   cp_text_split_free(parts, n);
