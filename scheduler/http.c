@@ -561,7 +561,9 @@ static int setup_mime(struct request *r, const struct cp_http_req *req) {
 /* SMTP: envelope, login and TLS; the body is the message, uploaded. */
 static int setup_smtp(struct request *r, const struct cp_http_req *req) {
   CURL *e = r->easy;
-  if (!req->mail_from || !req->n_mail_rcpt || !req->body)
+  /* No message, no envelope: a login check (libcurl sends HELP after AUTH, no mail). */
+  bool login_only = !req->mail_from && !req->n_mail_rcpt && !req->body;
+  if (!login_only && (!req->mail_from || !req->n_mail_rcpt || !req->body))
     return CP_EINVAL;
   for (size_t i = 0; i < req->n_mail_rcpt; i++) {
     if (!req->mail_rcpt[i] || !valid_header_text(req->mail_rcpt[i]))
@@ -571,10 +573,11 @@ static int setup_smtp(struct request *r, const struct cp_http_req *req) {
       return CP_ENOMEM;
     r->rcpt = l;
   }
-  if (!valid_header_text(req->mail_from))
+  if (req->mail_from && !valid_header_text(req->mail_from))
     return CP_EINVAL;
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
-  curl_easy_setopt(e, CURLOPT_MAIL_FROM, req->mail_from);
+  if (req->mail_from)
+    curl_easy_setopt(e, CURLOPT_MAIL_FROM, req->mail_from);
   curl_easy_setopt(e, CURLOPT_MAIL_RCPT, r->rcpt);
   /* STARTTLS is required, except that a test server on loopback may go without it. */
   if (!strncasecmp(req->url, "smtp://", 7))
@@ -585,6 +588,8 @@ static int setup_smtp(struct request *r, const struct cp_http_req *req) {
     curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
   if (req->password)
     curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
+  if (login_only)
+    return 0;
   r->body_len = req->body_len;
   curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
   curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);

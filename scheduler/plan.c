@@ -1160,8 +1160,9 @@ static void check_event(struct cp_plan *plan, struct ev *e) {
     const struct cp_plan_opts *po = plan->priv->opts;
     if (po->validated && po->validated(po->validated_arg, e->channels[i]))
       continue; /* its connector's validate checks the length, per post */
-    bool threadable =
-        !strcmp(ch->type, "mastodon") || !strcmp(ch->type, "bluesky") || !strcmp(ch->type, "x");
+    bool threadable = !strcmp(ch->type, "mastodon") || !strcmp(ch->type, "bluesky") ||
+                      !strcmp(ch->type, "x") || !strcmp(ch->type, "telegram") ||
+                      !strcmp(ch->type, "discord");
     if (!cp_text_fits(ch->type, text, ch->max_chars, &count, &lim) && !(e->thread && threadable))
       diag(plan, e->file, prop_line(e, "DESCRIPTION"), true,
            "text too long for %s: event \"%s\" (UID %s) has %zu %s, %s allows %zu%s",

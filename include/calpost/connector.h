@@ -85,7 +85,8 @@ struct cp_http_req {
   /* smtp:// (STARTTLS required unless the host is loopback and require_tls is false) and
    * smtps:// URLs, for the email connector: body is the whole RFC 5322 message, sent with
    * MAIL FROM mail_from and one RCPT TO per mail_rcpt; username/password log in (AUTH) when set.
-   * resp->status is the last SMTP reply code (250 on success, 4yz / 5yz on failure). */
+   * resp->status is the last SMTP reply code (250 on success, 4yz / 5yz on failure). Without
+   * mail_from, mail_rcpt and body it only connects, starts TLS and logs in (a login check). */
   const char *mail_from;
   const char *const *mail_rcpt;
   size_t n_mail_rcpt;

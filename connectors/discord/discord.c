@@ -1,0 +1,883 @@
+/* The discord connector: posts through a Discord incoming webhook ("Execute Webhook").
+ *
+ *   [channel community]
+ *   type = discord
+ *   url_file = discord.url         ; or url_env = CALPOST_DISCORD_URL; the URL is the secret
+ *   username = Release bot         ; optional: overrides the webhook's name
+ *   avatar_url = https://example.org/bot.png   ; optional
+ *   link_preview = yes             ; no: suppress Discord's link embeds (flag SUPPRESS_EMBEDS)
+ *
+ * Request: POST <url>?wait=true with JSON {content, allowed_mentions: {parse: []}, username?,
+ * avatar_url?, flags?}; with media, multipart: payload_json (the same JSON plus attachments
+ * [{id, filename, description = alt text}]) and files[n]. wait=true makes Discord answer with the
+ * message (its id is the remote id) instead of 204, which Discord also sends for a message that
+ * was not saved. allowed_mentions with an empty parse list keeps "@everyone" in a post from
+ * pinging anyone. A thread (thread = yes) over 2000 characters goes as consecutive messages; each
+ * sent message is saved with host->save_progress ("1=<id>;2=<id>") and never sent again.
+ * Rate limits: 429 with Retry-After, X-RateLimit-Reset-After, X-RateLimit-Reset and the body's
+ * retry_after; the latest of them is the retry time. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <uv.h>
+
+#include "calpost/connector.h"
+#include "calpost/err.h"
+#include "calpost/text.h"
+#include "connector_registry.h"
+#include "http.h"
+
+#define TEXT_MAX 2000
+#define MEDIA_MAX 10
+#define ALT_MAX 1024
+#define USERNAME_MAX 80
+#define FLAG_SUPPRESS_EMBEDS (1 << 2)
+#define FLAG_SUPPRESS_NOTIFICATIONS (1 << 12)
+
+struct discord {
+  const struct cp_host *host;
+  char *name;
+  char *url;      /* the webhook URL: a secret */
+  char *post_url; /* url with wait=true: a secret */
+  char *token;    /* the URL's last path segment, to scrub from messages */
+  char *username;
+  char *avatar_url;
+  bool link_preview;
+  size_t max_chars;  /* 0: TEXT_MAX */
+  char guild_id[32]; /* learned from an answer, for message links */
+};
+
+struct blob {
+  unsigned char *data;
+  size_t len;
+  char *type;
+  char *name;
+};
+
+enum stage { POSTING, GUILD_LOOKUP, LOGIN };
+
+struct job {
+  struct discord *d;
+  const struct cp_post *post;
+  const struct cp_publish_req *req;
+  enum stage stage;
+  bool silent;
+  char **parts;
+  size_t n_parts;
+  struct blob *media;
+  size_t n_media, n_loaded;
+  size_t next; /* index of the next part */
+  char first_id[32];
+  char channel_id[32];
+  char progress[1024];
+};
+
+static const char *const known_keys[] = {"url_file",   "url_env",      "username",
+                                         "avatar_url", "link_preview", NULL};
+static const char *const post_options[] = {"silent", NULL};
+static const char *const media_exts[] = {"jpg", "jpeg", "png", "gif", "webp",
+                                         "mp4", "webm", "mov", NULL};
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+/* Replaces every occurrence of secret in s by "***" (in place). */
+static void scrub(char *s, const char *secret) {
+  size_t sl = secret ? strlen(secret) : 0;
+  if (sl < 3)
+    return;
+  for (char *p = strstr(s, secret); p; p = strstr(p + 3, secret)) {
+    memmove(p + 3, p + sl, strlen(p + sl) + 1);
+    memcpy(p, "***", 3);
+  }
+}
+
+static int parse_bool(const char *v) {
+  static const char *const yes[] = {"yes", "true", "on", "1", NULL};
+  static const char *const no[] = {"no", "false", "off", "0", NULL};
+  for (size_t i = 0; yes[i]; i++)
+    if (!strcasecmp(v, yes[i]))
+      return 1;
+  for (size_t i = 0; no[i]; i++)
+    if (!strcasecmp(v, no[i]))
+      return 0;
+  return -1;
+}
+
+static void media_ext(const char *src, char *ext, size_t size) {
+  size_t end = strcspn(src, "?#");
+  size_t start = end;
+  while (start > 0 && src[start - 1] != '/')
+    start--;
+  ext[0] = '\0';
+  for (size_t i = end; i > start; i--)
+    if (src[i - 1] == '.') {
+      size_t n = end - i;
+      if (n >= size)
+        n = size - 1;
+      for (size_t k = 0; k < n; k++)
+        ext[k] = (char)(src[i + k] >= 'A' && src[i + k] <= 'Z' ? src[i + k] + 32 : src[i + k]);
+      ext[n] = '\0';
+      return;
+    }
+}
+
+/* Checks the webhook URL (https, or http to this machine) and derives the URL to post to (with
+ * wait=true added to any query it has, such as thread_id) and the token (its last path segment).
+ * Returns 0, CP_EINVAL if it is not such a URL, or CP_ENOMEM. */
+static int parse_webhook_url(struct discord *d, bool *odd_path) {
+  CURLU *u = curl_url();
+  char *scheme = NULL, *host = NULL, *path = NULL, *full = NULL;
+  int rc = CP_EINVAL;
+
+  *odd_path = false;
+  if (!u)
+    return CP_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, d->url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+    goto out;
+  bool loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
+  if (strcmp(scheme, "https") && !(loop && !strcmp(scheme, "http")))
+    goto out;
+  size_t pl = strlen(path);
+  while (pl > 0 && path[pl - 1] == '/')
+    path[--pl] = '\0';
+  const char *last = strrchr(path, '/');
+  *odd_path = !strstr(path, "/webhooks/") || !last || !last[1];
+  if (last && last[1]) {
+    d->token = strdup(last + 1);
+    if (!d->token) {
+      rc = CP_ENOMEM;
+      goto out;
+    }
+  }
+  if (curl_url_set(u, CURLUPART_QUERY, "wait=true", CURLU_APPENDQUERY) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK) {
+    rc = CP_ENOMEM;
+    goto out;
+  }
+  d->post_url = strdup(full);
+  rc = d->post_url ? 0 : CP_ENOMEM;
+out:
+  if (full) {
+    explicit_bzero(full, strlen(full));
+    curl_free(full);
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(path);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+/* ---- init / free -------------------------------------------------------------------------- */
+
+/* Wipes and frees a copy of (part of) the secret made here. */
+static void wipe_free(char *s) {
+  if (s) {
+    explicit_bzero(s, strlen(s));
+    free(s);
+  }
+}
+
+static void discord_free(void *instance) {
+  struct discord *d = instance;
+  if (!d)
+    return;
+  free(d->name);
+  if (d->url)
+    d->host->secret_free(d->url);
+  wipe_free(d->post_url);
+  wipe_free(d->token);
+  free(d->username);
+  free(d->avatar_url);
+  free(d);
+}
+
+static int discord_init(const struct cp_host *host, const struct cp_connector_conf *conf,
+                        void **instance) {
+  int line;
+  const char *v;
+  bool odd = false;
+  int err;
+
+  cp_connector_check_keys(host, conf, known_keys);
+  struct discord *d = calloc(1, sizeof *d);
+  if (!d)
+    return CP_ENOMEM;
+  d->host = host;
+  d->link_preview = true;
+  d->name = strdup(conf->name ? conf->name : "discord");
+  if (!d->name) {
+    discord_free(d);
+    return CP_ENOMEM;
+  }
+  err = host->secret(host, conf, "url", &d->url);
+  if (err) {
+    d->url = NULL;
+    if (err == CP_ENOTFOUND)
+      host->log(host, CP_LOG_ERROR,
+                "%s:%d: [channel %s] needs the webhook URL: 'url_file = FILE' or 'url_env = "
+                "VARIABLE' (Server Settings > Integrations > Webhooks > Copy Webhook URL)",
+                conf->file, conf->line, conf->name);
+    discord_free(d);
+    return err == CP_ENOTFOUND ? CP_ECONFIG : err;
+  }
+  err = parse_webhook_url(d, &odd);
+  if (err) {
+    /* Never print the URL: it is the secret. */
+    if (err == CP_EINVAL)
+      host->log(host, CP_LOG_ERROR,
+                "%s:%d: [channel %s] the webhook URL (url_file/url_env) is not an https URL "
+                "(plain http is allowed only to localhost)",
+                conf->file, conf->line, conf->name);
+    discord_free(d);
+    return err == CP_EINVAL ? CP_ECONFIG : err;
+  }
+  if (odd)
+    host->log(host, CP_LOG_WARN,
+              "%s:%d: [channel %s] the webhook URL does not look like "
+              "https://discord.com/api/webhooks/ID/TOKEN",
+              conf->file, conf->line, conf->name);
+
+  line = conf->line;
+  v = conf->get(conf, "username", &line);
+  if (v) {
+    size_t n = cp_text_codepoints(v);
+    if (n < 1 || n > USERNAME_MAX || strcasestr(v, "discord") || strcasestr(v, "clyde")) {
+      host->log(host, CP_LOG_ERROR,
+                "%s:%d: [channel %s] username: '%s' must be 1 to %d characters and may not "
+                "contain \"discord\" or \"clyde\" (Discord refuses it)",
+                conf->file, line, conf->name, v, USERNAME_MAX);
+      discord_free(d);
+      return CP_ECONFIG;
+    }
+    d->username = strdup(v);
+    if (!d->username) {
+      discord_free(d);
+      return CP_ENOMEM;
+    }
+  }
+  line = conf->line;
+  v = conf->get(conf, "avatar_url", &line);
+  if (v) {
+    if (strncasecmp(v, "https://", 8)) {
+      host->log(host, CP_LOG_ERROR,
+                "%s:%d: [channel %s] avatar_url: '%s' is not an https:// URL (Discord fetches it)",
+                conf->file, line, conf->name, v);
+      discord_free(d);
+      return CP_ECONFIG;
+    }
+    d->avatar_url = strdup(v);
+    if (!d->avatar_url) {
+      discord_free(d);
+      return CP_ENOMEM;
+    }
+  }
+  line = conf->line;
+  v = conf->get(conf, "link_preview", &line);
+  if (v) {
+    int b = parse_bool(v);
+    if (b < 0) {
+      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] link_preview: '%s' is not yes or no",
+                conf->file, line, conf->name, v);
+      discord_free(d);
+      return CP_ECONFIG;
+    }
+    d->link_preview = b;
+  }
+  line = conf->line;
+  v = conf->get(conf, "max_chars", &line);
+  if (v) {
+    char *end;
+    errno = 0;
+    unsigned long long m = strtoull(v, &end, 10);
+    if (errno || *end || end == v || m == 0 || m > TEXT_MAX) {
+      host->log(host, CP_LOG_ERROR,
+                "%s:%d: [channel %s] max_chars: '%s' is not a number from 1 to %d (Discord's "
+                "limit)",
+                conf->file, line, conf->name, v, TEXT_MAX);
+      discord_free(d);
+      return CP_ECONFIG;
+    }
+    d->max_chars = (size_t)m;
+  }
+  *instance = d;
+  return 0;
+}
+
+/* ---- validate ----------------------------------------------------------------------------- */
+
+static int discord_validate(void *instance, const struct cp_post *post, cp_diag_cb diag,
+                            void *arg) {
+  struct discord *d = instance;
+  const char *text = post->text ? post->text : "";
+  size_t limit = d->max_chars ? d->max_chars : TEXT_MAX;
+  size_t n = cp_text_codepoints(text);
+  char msg[320], ext[16];
+  int bad = 0;
+
+  if (!*text && post->n_media == 0) {
+    diag(arg, true, "the post has no text and no media: write a description or add media");
+    return CP_EINVAL;
+  }
+  if (n > limit && !post->thread) {
+    snprintf(msg, sizeof msg,
+             "%zu characters, channel %s allows %zu: shorten the text or set thread = yes", n,
+             d->name, limit);
+    diag(arg, true, msg);
+    bad = 1;
+  }
+  if (post->n_media > MEDIA_MAX) {
+    snprintf(msg, sizeof msg, "%zu media, a Discord message takes %d files: remove %zu",
+             post->n_media, MEDIA_MAX, post->n_media - MEDIA_MAX);
+    diag(arg, true, msg);
+    bad = 1;
+  }
+  for (size_t i = 0; i < post->n_media; i++) {
+    const struct cp_media *m = &post->media[i];
+    media_ext(m->src, ext, sizeof ext);
+    bool known = false;
+    for (size_t k = 0; media_exts[k] && !known; k++)
+      known = !strcmp(ext, media_exts[k]);
+    if (*ext && !known) {
+      snprintf(msg, sizeof msg,
+               "media '%.120s': only images (.jpg, .png, .gif, .webp) and videos (.mp4, .webm, "
+               ".mov) are posted",
+               m->src);
+      diag(arg, true, msg);
+      bad = 1;
+    }
+    if (m->alt && cp_text_codepoints(m->alt) > ALT_MAX) {
+      snprintf(msg, sizeof msg, "media '%.120s': alt text of %zu characters, Discord allows %d",
+               m->src, cp_text_codepoints(m->alt), ALT_MAX);
+      diag(arg, true, msg);
+      bad = 1;
+    }
+  }
+  const char *silent = cp_post_option(post, "silent");
+  if (silent && parse_bool(silent) < 0) {
+    snprintf(msg, sizeof msg, "silent = '%.60s': write yes or no", silent);
+    diag(arg, true, msg);
+    bad = 1;
+  }
+  return bad ? CP_EINVAL : 0;
+}
+
+/* ---- the job ------------------------------------------------------------------------------ */
+
+static void job_free(struct job *j) {
+  if (!j)
+    return;
+  if (j->parts)
+    cp_text_split_free(j->parts, j->n_parts);
+  for (size_t i = 0; i < j->n_loaded; i++) {
+    free(j->media[i].data);
+    free(j->media[i].type);
+    free(j->media[i].name);
+  }
+  free(j->media);
+  free(j);
+}
+
+static void finish(struct job *j, struct cp_result *res) {
+  const struct cp_publish_req *req = j->req;
+  struct discord *d = j->d;
+
+  if (j->stage == LOGIN && res->outcome == CP_OUTCOME_PERMANENT)
+    res->outcome = CP_OUTCOME_AUTH; /* a deleted webhook: the setup needs a new URL */
+  if (res->outcome == CP_OUTCOME_OK && j->stage != LOGIN) {
+    snprintf(res->remote_id, sizeof res->remote_id, "%s", j->first_id);
+    if (d->guild_id[0] && j->channel_id[0] && j->first_id[0])
+      snprintf(res->remote_url, sizeof res->remote_url, "https://discord.com/channels/%s/%s/%s",
+               d->guild_id, j->channel_id, j->first_id);
+  }
+  scrub(res->message, d->url);
+  scrub(res->message, d->token);
+  if (j->stage != LOGIN) {
+    if (res->outcome == CP_OUTCOME_OK)
+      d->host->log(d->host, CP_LOG_INFO, "post %s sent: message %s", j->post->id, res->remote_id);
+    else
+      d->host->log(d->host, CP_LOG_WARN, "post %s not sent (%s): %s", j->post->id,
+                   cp_outcome_name(res->outcome), res->message);
+  }
+  job_free(j);
+  req->host->complete(req, res);
+}
+
+static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...) {
+  struct cp_result res;
+  va_list ap;
+  memset(&res, 0, sizeof res);
+  res.outcome = o;
+  res.err = err;
+  va_start(ap, fmt);
+  vsnprintf(res.message, sizeof res.message, fmt, ap);
+  va_end(ap);
+  finish(j, &res);
+}
+
+static void on_response(const struct cp_http_resp *resp, void *data);
+
+static int get_webhook(struct job *j) {
+  struct cp_http_header hdrs[] = {{"Accept", "application/json"}};
+  struct cp_http_req hr = {.method = "GET", .url = j->d->url, .headers = hdrs, .n_headers = 1};
+  return j->d->host->http_request(j->d->host, &hr, on_response, j);
+}
+
+/* The JSON payload of part j->next; with attachments when the media go along. */
+static json_t *payload(const struct job *j, bool with_media) {
+  const struct discord *d = j->d;
+  const char *content = j->parts[j->next];
+  int flags =
+      (d->link_preview ? 0 : FLAG_SUPPRESS_EMBEDS) | (j->silent ? FLAG_SUPPRESS_NOTIFICATIONS : 0);
+  json_t *p = json_object();
+  int bad = !p;
+
+  if (*content)
+    bad = bad || json_object_set_new(p, "content", json_string(content));
+  bad = bad || json_object_set_new(p, "allowed_mentions", json_pack("{s:[]}", "parse"));
+  if (d->username)
+    bad = bad || json_object_set_new(p, "username", json_string(d->username));
+  if (d->avatar_url)
+    bad = bad || json_object_set_new(p, "avatar_url", json_string(d->avatar_url));
+  if (flags)
+    bad = bad || json_object_set_new(p, "flags", json_integer(flags));
+  if (with_media) {
+    json_t *att = json_array();
+    bad = bad || !att;
+    for (size_t i = 0; !bad && i < j->n_media; i++) {
+      const char *alt = j->post->media[i].alt;
+      json_t *a = json_pack("{s:I, s:s}", "id", (json_int_t)i, "filename", j->media[i].name);
+      if (a && alt && *alt)
+        json_object_set_new(a, "description", json_string(alt));
+      bad = !a || json_array_append_new(att, a);
+    }
+    bad = bad || json_object_set_new(p, "attachments", att);
+  }
+  if (bad) {
+    json_decref(p);
+    return NULL;
+  }
+  return p;
+}
+
+static int send_part(struct job *j) {
+  const struct discord *d = j->d;
+  bool with_media = j->next == 0 && j->n_media > 0;
+  json_t *p = payload(j, with_media);
+  char *text = p ? json_dumps(p, JSON_COMPACT) : NULL;
+  json_decref(p);
+  if (!text)
+    return CP_ENOMEM;
+
+  struct cp_http_header hdrs[] = {{"Accept", "application/json"},
+                                  {"Content-Type", "application/json"}};
+  struct cp_http_part parts[MEDIA_MAX + 1];
+  char names[MEDIA_MAX][32];
+  struct cp_http_req hr = {.method = "POST", .url = d->post_url, .headers = hdrs};
+  if (with_media) {
+    parts[0] = (struct cp_http_part){
+        .name = "payload_json", .content_type = "application/json", .data = text};
+    for (size_t i = 0; i < j->n_media; i++) {
+      snprintf(names[i], sizeof names[i], "files[%zu]", i);
+      parts[i + 1] = (struct cp_http_part){.name = names[i],
+                                           .filename = j->media[i].name,
+                                           .content_type = j->media[i].type,
+                                           .data = (const char *)j->media[i].data,
+                                           .len = j->media[i].len};
+    }
+    hr.parts = parts;
+    hr.n_parts = j->n_media + 1;
+    hr.n_headers = 1;
+    hr.timeout_ms = 120000; /* uploads take longer than a message */
+  } else {
+    hr.body = text;
+    hr.body_len = strlen(text);
+    hr.n_headers = 2;
+  }
+  int err = d->host->http_request(d->host, &hr, on_response, j);
+  free(text);
+  return err;
+}
+
+static void next_step(struct job *j) {
+  int err;
+  if (j->next < j->n_parts) {
+    err = send_part(j);
+  } else if (!j->d->guild_id[0] && j->channel_id[0] && j->first_id[0]) {
+    /* The message link needs the server's id, which only the webhook object tells. */
+    j->stage = GUILD_LOOKUP;
+    err = get_webhook(j);
+    if (err) {
+      struct cp_result res = {.outcome = CP_OUTCOME_OK};
+      finish(j, &res);
+      return;
+    }
+  } else {
+    struct cp_result res = {.outcome = CP_OUTCOME_OK};
+    finish(j, &res);
+    return;
+  }
+  if (err)
+    fail(j, CP_OUTCOME_RETRY, err, "cannot send the request: %s", cp_strerror(err));
+}
+
+static void record(struct job *j, const char *id) {
+  size_t len = strlen(j->progress);
+  snprintf(j->progress + len, sizeof j->progress - len, "%s%zu=%s", len ? ";" : "", j->next + 1,
+           id);
+  if (!j->first_id[0])
+    snprintf(j->first_id, sizeof j->first_id, "%s", id);
+  int err = j->req->host->save_progress(j->req, j->progress);
+  if (err)
+    j->d->host->log(j->d->host, CP_LOG_ERROR,
+                    "post %s: cannot save its progress (%s): a retry may send part %zu again",
+                    j->post->id, cp_strerror(err), j->next + 1);
+}
+
+static void copy_id(json_t *v, char *dst, size_t size) {
+  if (json_is_string(v))
+    snprintf(dst, size, "%s", json_string_value(v));
+  else if (json_is_integer(v))
+    snprintf(dst, size, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+}
+
+static double header_number(const struct cp_http_resp *resp, const char *name, bool *found) {
+  const char *v = cp_http_header(resp, name);
+  *found = false;
+  if (!v)
+    return 0;
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !isfinite(x) || x < 0)
+    return 0;
+  *found = true;
+  return x;
+}
+
+/* The first "_errors" message of Discord's nested "errors" object, with its field path. */
+static bool first_field_error(json_t *obj, char *path, size_t size, const char **msg) {
+  const char *key;
+  json_t *v;
+  if (!json_is_object(obj))
+    return false;
+  json_t *errs = json_object_get(obj, "_errors");
+  if (json_is_array(errs)) {
+    *msg = json_string_value(json_object_get(json_array_get(errs, 0), "message"));
+    return *msg != NULL;
+  }
+  size_t len = strlen(path);
+  json_object_foreach(obj, key, v) {
+    snprintf(path + len, size - len, "%s%s", len ? "." : "", key);
+    if (first_field_error(v, path, size, msg))
+      return true;
+    path[len] = '\0';
+  }
+  return false;
+}
+
+/* The latest retry time of the 429 forms Discord uses (ms); sets *global. */
+static int64_t rate_limit_until(const struct discord *d, const struct cp_http_resp *resp,
+                                json_t *root, int64_t from_retry_after, bool *global) {
+  int64_t now = d->host->wall_ms(d->host), at = from_retry_after;
+  bool found;
+  double s = header_number(resp, "X-RateLimit-Reset-After", &found);
+  if (found && s < 366.0 * 24 * 3600 && now + (int64_t)ceil(s * 1000) > at)
+    at = now + (int64_t)ceil(s * 1000);
+  double epoch = header_number(resp, "X-RateLimit-Reset", &found);
+  if (found && epoch * 1000 > (double)at && epoch * 1000 < (double)now + 366.0 * 86400000)
+    at = (int64_t)ceil(epoch * 1000);
+  json_t *ra = json_object_get(root, "retry_after");
+  if (json_is_number(ra)) {
+    s = json_number_value(ra);
+    if (s >= 0 && s < 366.0 * 24 * 3600 && now + (int64_t)ceil(s * 1000) > at)
+      at = now + (int64_t)ceil(s * 1000);
+  }
+  const char *g = cp_http_header(resp, "X-RateLimit-Global");
+  *global = json_is_true(json_object_get(root, "global")) || (g && !strcasecmp(g, "true"));
+  return at;
+}
+
+/* Rewrites res->message (and for 429 the retry time) from Discord's {"message","code",...}. */
+static void refine(struct job *j, const struct cp_http_resp *resp, json_t *root,
+                   struct cp_result *res) {
+  const struct discord *d = j->d;
+  const char *msg = json_string_value(json_object_get(root, "message"));
+  json_t *code = json_object_get(root, "code");
+  char hint[200] = "", field[96] = "";
+  const char *ferr = NULL;
+
+  if (res->outcome == CP_OUTCOME_OK || !resp->status)
+    return;
+  if (resp->status == 429) {
+    bool global = false;
+    const char *scope = cp_http_header(resp, "X-RateLimit-Scope");
+    res->retry_at_ms = rate_limit_until(d, resp, root, res->retry_at_ms, &global);
+    int64_t wait = res->retry_at_ms ? res->retry_at_ms - d->host->wall_ms(d->host) : -1;
+    if (wait >= 0)
+      snprintf(hint, sizeof hint, "%s%s%sretry in %.1f s", global ? "global limit, " : "",
+               scope && !global ? scope : "", scope && !global ? " limit, " : "", wait / 1000.0);
+    else
+      snprintf(hint, sizeof hint, "%s", global ? "global limit" : "no retry time given");
+  } else if (resp->status == 401) {
+    snprintf(hint, sizeof hint, "the webhook token is wrong: copy the webhook URL again");
+  } else if (resp->status == 404) {
+    snprintf(hint, sizeof hint,
+             "the webhook was deleted: create a new one and put its URL in url_file");
+  } else if (resp->status == 403) {
+    snprintf(hint, sizeof hint, "the webhook may not post in its channel: check permissions");
+  } else if (resp->status == 413) {
+    snprintf(hint, sizeof hint, "the files are too large for this server: use smaller media");
+  } else if (first_field_error(json_object_get(root, "errors"), field, sizeof field, &ferr)) {
+    snprintf(hint, sizeof hint, "%s: %s", field, ferr);
+  } else if (res->outcome == CP_OUTCOME_UNKNOWN) {
+    snprintf(hint, sizeof hint,
+             "not Discord's answer (is the webhook URL right?): the message may have been sent");
+  }
+  char full[CP_RESULT_MESSAGE_MAX + 300], codes[40] = "";
+  if (json_is_integer(code))
+    snprintf(codes, sizeof codes, " (code %" JSON_INTEGER_FORMAT ")", json_integer_value(code));
+  snprintf(full, sizeof full, "HTTP %ld%s%s%s%s%s", resp->status, msg ? ": " : "", msg ? msg : "",
+           codes, hint[0] ? ": " : "", hint);
+  cp_connector_copy_text(res->message, sizeof res->message, full, strlen(full));
+}
+
+static void on_response(const struct cp_http_resp *resp, void *data) {
+  struct job *j = data;
+  struct cp_result res;
+  char id[32] = "";
+
+  j->d->host->http_result(j->req, resp, &res);
+  json_t *root = resp->body_len ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
+  if (j->stage == GUILD_LOOKUP) {
+    /* The post is out whatever this says; only the link depends on it. */
+    if (res.outcome == CP_OUTCOME_OK)
+      copy_id(json_object_get(root, "guild_id"), j->d->guild_id, sizeof j->d->guild_id);
+    json_decref(root);
+    struct cp_result ok = {.outcome = CP_OUTCOME_OK};
+    finish(j, &ok);
+    return;
+  }
+  refine(j, resp, root, &res);
+  if (res.outcome != CP_OUTCOME_OK || j->stage == LOGIN) {
+    if (res.outcome != CP_OUTCOME_OK && j->n_parts > 1) {
+      char full[CP_RESULT_MESSAGE_MAX + 48];
+      snprintf(full, sizeof full, "part %zu of %zu: %s", j->next + 1, j->n_parts, res.message);
+      cp_connector_copy_text(res.message, sizeof res.message, full, strlen(full));
+    }
+    if (res.outcome == CP_OUTCOME_OK)
+      copy_id(json_object_get(root, "guild_id"), j->d->guild_id, sizeof j->d->guild_id);
+    json_decref(root);
+    finish(j, &res);
+    return;
+  }
+  copy_id(json_object_get(root, "id"), id, sizeof id);
+  copy_id(json_object_get(root, "channel_id"), j->channel_id, sizeof j->channel_id);
+  copy_id(json_object_get(root, "guild_id"), j->d->guild_id, sizeof j->d->guild_id);
+  json_decref(root);
+  record(j, id[0] ? id : "?");
+  j->next++;
+  next_step(j);
+}
+
+static enum cp_outcome media_outcome(int err) {
+  switch (err) {
+    case -ENOENT:
+    case -EACCES:
+    case -EISDIR:
+    case CP_ETOOBIG:
+    case CP_EINVAL:
+    case CP_EPARSE:
+    case CP_ENOTFOUND:
+    case CP_ELIMIT:
+      return CP_OUTCOME_PERMANENT;
+    default:
+      return CP_OUTCOME_RETRY;
+  }
+}
+
+static void on_media(const struct cp_media_blob *blob, void *data) {
+  struct job *j = data;
+  const struct cp_media *m = &j->post->media[j->n_loaded];
+
+  if (blob->err) {
+    fail(j, media_outcome(blob->err), blob->err, "media '%.100s': %s", m->src,
+         blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
+    return;
+  }
+  struct blob *b = &j->media[j->n_loaded];
+  b->data = malloc(blob->len ? blob->len : 1);
+  b->type = strdup(blob->content_type ? blob->content_type : "application/octet-stream");
+  b->name = strdup(blob->filename && *blob->filename ? blob->filename : "media");
+  j->n_loaded++;
+  if (!b->data || !b->type || !b->name) {
+    fail(j, CP_OUTCOME_RETRY, CP_ENOMEM, "media '%.100s': out of memory", m->src);
+    return;
+  }
+  memcpy(b->data, blob->data, blob->len);
+  b->len = blob->len;
+  if (j->n_loaded < j->n_media) {
+    int err = j->req->host->media_load(j->req, &j->post->media[j->n_loaded], on_media, j);
+    if (err)
+      fail(j, media_outcome(err), err, "media '%.100s': %s", j->post->media[j->n_loaded].src,
+           cp_strerror(err));
+    return;
+  }
+  next_step(j);
+}
+
+static void resume(struct job *j, const char *progress) {
+  char copy[1024], *save = NULL;
+  snprintf(copy, sizeof copy, "%s", progress ? progress : "");
+  for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
+    char *eq = strchr(tok, '='), *end;
+    if (!eq)
+      continue;
+    *eq = '\0';
+    unsigned long k = strtoul(tok, &end, 10);
+    if (*end || k == 0 || k > j->n_parts)
+      continue;
+    if (k > j->next)
+      j->next = k;
+    if (k == 1)
+      snprintf(j->first_id, sizeof j->first_id, "%s", eq + 1);
+    size_t len = strlen(j->progress);
+    snprintf(j->progress + len, sizeof j->progress - len, "%s%s=%s", len ? ";" : "", tok, eq + 1);
+  }
+}
+
+static void deferred_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void deferred(uv_timer_t *timer) {
+  struct job *j = timer->data;
+  uv_close((uv_handle_t *)timer, deferred_closed);
+  next_step(j);
+}
+
+static int discord_publish(void *instance, const struct cp_post *post,
+                           const struct cp_publish_req *req) {
+  struct discord *d = instance;
+  const char *text = post->text ? post->text : "";
+  size_t limit = d->max_chars ? d->max_chars : TEXT_MAX;
+  int err;
+
+  struct job *j = calloc(1, sizeof *j);
+  if (!j)
+    return CP_ENOMEM;
+  j->d = d;
+  j->post = post;
+  j->req = req;
+  j->stage = POSTING;
+  const char *silent = cp_post_option(post, "silent");
+  j->silent = silent && parse_bool(silent) == 1;
+  j->n_media = post->n_media > MEDIA_MAX ? MEDIA_MAX : post->n_media;
+  if (post->thread && cp_text_codepoints(text) > limit) {
+    err = cp_text_split(text, limit, CP_COUNT_CODEPOINTS, post->numbered, &j->parts, &j->n_parts);
+    if (err) {
+      job_free(j);
+      return err;
+    }
+  } else {
+    j->parts = malloc(sizeof *j->parts);
+    if (j->parts)
+      j->parts[0] = strdup(text);
+    if (!j->parts || !j->parts[0]) {
+      free(j->parts);
+      j->parts = NULL;
+      job_free(j);
+      return CP_ENOMEM;
+    }
+    j->n_parts = 1;
+  }
+  if (j->n_media) {
+    j->media = calloc(j->n_media, sizeof *j->media);
+    if (!j->media) {
+      job_free(j);
+      return CP_ENOMEM;
+    }
+  }
+  resume(j, req->progress);
+
+  if (j->n_media && j->next == 0) {
+    err = req->host->media_load(req, &post->media[0], on_media, j);
+  } else {
+    uv_timer_t *timer = malloc(sizeof *timer);
+    err = timer ? uv_timer_init(d->host->loop, timer) : CP_ENOMEM;
+    if (!err) {
+      timer->data = j;
+      uv_timer_start(timer, deferred, 0, 0);
+    } else {
+      free(timer);
+    }
+  }
+  if (err) {
+    job_free(j);
+    return err;
+  }
+  return 0;
+}
+
+static int discord_login_check(void *instance, const struct cp_publish_req *req) {
+  struct job *j = calloc(1, sizeof *j);
+  if (!j)
+    return CP_ENOMEM;
+  j->d = instance;
+  j->req = req;
+  j->stage = LOGIN;
+  int err = get_webhook(j);
+  if (err) {
+    job_free(j);
+    return err;
+  }
+  return 0;
+}
+
+static enum cp_outcome discord_classify(void *instance, const struct cp_http_resp *resp,
+                                        enum cp_outcome dflt) {
+  long s = resp->status;
+  if (s >= 200 && s < 300) {
+    /* With wait=true the answer is the message; a 204 or anything without an id does not say
+     * whether the message was saved. */
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_t *id = json_object_get(root, "id");
+    bool ok = json_is_string(id) || json_is_integer(id);
+    json_decref(root);
+    return ok ? CP_OUTCOME_OK : CP_OUTCOME_UNKNOWN;
+  }
+  if (s == 429)
+    return CP_OUTCOME_RATE_LIMITED;
+  if (s == 401 || s == 403)
+    return CP_OUTCOME_AUTH;
+  if (s == 404) /* Unknown Webhook: deleted; posting again cannot help */
+    return CP_OUTCOME_PERMANENT;
+  return dflt;
+}
+
+const struct cp_connector cp_connector_discord = {
+    .abi_version = CP_CONNECTOR_ABI_VERSION,
+    .name = "discord",
+    .description = "Discord webhook: messages with images, without @everyone pings",
+    .caps = CP_CAP_MEDIA | CP_CAP_THREADS,
+    .init = discord_init,
+    .validate = discord_validate,
+    .publish = discord_publish,
+    .classify = discord_classify,
+    .login_check = discord_login_check,
+    .free = discord_free,
+    .post_options = post_options,
+};
