@@ -94,6 +94,63 @@ def verify(name, fname, exp, status, diags, out, check_exit=True):
         fail(name, f"exit status {status}, expected {exp['exit']}")
 
 
+def check_with_channels():
+    """With a config, check sets up each channel and runs its connector's validate on every post:
+    a missing secret, an over-long toot (the connector's count), an invalid option value and a
+    misspelt option are reported with the plan file and line; a clean plan passes. Needs the
+    mastodon connector (built by default)."""
+    name = "check -c (connectors validate)"
+    n = len(failures)
+    with tempfile.TemporaryDirectory() as tmp:
+        token = os.path.join(tmp, "token")
+        with open(token, "w") as fh:
+            fh.write("secret-token-123\n")
+        os.chmod(token, 0o600)
+        plan = os.path.join(tmp, "plan.ics")
+        long_text = "word " * 120  # 600 characters: over Mastodon's 500
+        ev = lambda uid, start, desc: (
+            f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20240220T000000Z\r\n"
+            f"DTSTART:{start}\r\nSUMMARY:{uid}\r\nDESCRIPTION:{desc}\r\nEND:VEVENT\r\n")
+        with open(plan, "w") as fh:
+            fh.write("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calpost tests//ch//EN\r\n")
+            fh.write(ev("ok", "20240305T090000Z", "Fine toot https://example.org"))      # line 4
+            fh.write(ev("long", "20240306T090000Z", long_text))                           # line 11
+            fh.write(ev("lang", "20240307T090000Z", "Hallo\\n\\n[calpost]\\nlanguage = xx"))  # 18
+            fh.write(ev("typo", "20240308T090000Z", "Hi\\n\\n[calpost]\\nvisibilty = unlisted"))  # 25
+            fh.write(ev("threaded", "20240309T090000Z", long_text + "\\n\\n[calpost]\\nthread = yes"))
+            fh.write("END:VCALENDAR\r\n")
+        def config(token_key):
+            cfg = os.path.join(tmp, "calpost.ini")
+            with open(cfg, "w") as fh:
+                fh.write(f"[calpost]\ntimezone = UTC\nstate_dir = {tmp}/state\n\n"
+                         f"[calendar c]\nsource = {plan}\nchannels = toots\n\n"
+                         f"[channel toots]\ntype = mastodon\ninstance = https://mastodon.example\n"
+                         f"{token_key}\n")
+            return cfg
+        status, diags, out = run_check(["-c", config(f"token_file = {token}"), "--now", NOW])
+        def has(line, sev, phrase):
+            return any(d[0] == "plan.ics" and d[1] == line and d[2] == sev and phrase in d[3].lower()
+                       for d in diags)
+        if status != 1:
+            fail(name, f"exit {status}, expected 1:\n{out[-1500:]}")
+        if not has(11, "error", "[toots]") or not has(11, "error", "500"):
+            fail(name, f"no connector error for the 600-character toot on line 11:\n{out[-1500:]}")
+        if not has(18, "error", "language"):
+            fail(name, f"no error for language = xx on line 18:\n{out[-1500:]}")
+        if not has(25, "warning", "visibilty"):
+            fail(name, f"no warning for the misspelt setting on line 25:\n{out[-1500:]}")
+        if any(d[1] in (4, 32) for d in diags if d[0] == "plan.ics"):
+            fail(name, f"a finding for a valid post (line 4) or a thread (line 32):\n{out[-1500:]}")
+        if "secret-token-123" in out:
+            fail(name, "the token appears in the output")
+        # A missing token file: the channel is not set up, and check says so before due time.
+        status, diags, out = run_check(["-c", config(f"token_file = {tmp}/nope"), "--now", NOW])
+        if status != 1 or "nope" not in out or "toots" not in out:
+            fail(name, f"a missing token file is not an error naming it:\n{out[-1500:]}")
+    if len(failures) == n:
+        print(f"ok   {name}")
+
+
 def main():
     if not os.access(CALPOST, os.X_OK):
         print(f"calpost binary not found: {CALPOST}")
@@ -160,6 +217,7 @@ def main():
             if len(failures) == n:
                 print(f"ok   {name}")
 
+    check_with_channels()
     print(f"\n{len(files)} check files, {len(failures)} failures")
     return 1 if failures else 0
 
