@@ -213,7 +213,13 @@ static void sends_text_without_pings(void **state) {
   assert_request_line(r, "POST", POST_PATH);
   assert_string_equal(testserver_header(r, "Content-Type"), "application/json");
   json_t *got = body_json(r);
-  json_t *want = json_pack("{s:s, s:{s:[]}}", "content", text, "allowed_mentions", "parse");
+  /* The link gets calpost's preview (the post's title, the rest of the text) and goes in <...>
+   * so that Discord does not unfurl it a second time. */
+  json_t *want =
+      json_pack("{s:s, s:{s:[]}, s:[{s:s, s:s, s:s}]}", "content",
+                "Hello @everyone and <@&42> " EMOJI " <https://example.org>", "allowed_mentions",
+                "parse", "embeds", "title", "Launch", "url", "https://example.org", "description",
+                "Hello @everyone and <@&42> " EMOJI);
   assert_true(json_equal(got, want));
   json_decref(got);
   json_decref(want);
@@ -417,15 +423,222 @@ static void image_with_alt_text(void **state) {
   assert_non_null(pj);
   assert_string_equal(pj->ctype, "application/json");
   json_t *got = json_loadb((const char *)pj->data, pj->len, 0, NULL);
-  json_t *want =
-      json_pack("{s:s, s:{s:[]}, s:[{s:i, s:s, s:s}, {s:i, s:s}]}", "content", "Poster " EMOJI,
-                "allowed_mentions", "parse", "attachments", "id", 0, "filename", "pixel.png",
-                "description", "A white pixel", "id", 1, "filename", "pixel.gif");
+  /* One embed per image, pointing at its upload; no link preview for a post with images. */
+  json_t *want = json_pack(
+      "{s:s, s:{s:[]}, s:[{s:i, s:s, s:s}, {s:i, s:s}], s:[{s:{s:s}}, {s:{s:s}}]}", "content",
+      "Poster " EMOJI, "allowed_mentions", "parse", "attachments", "id", 0, "filename", "pixel.png",
+      "description", "A white pixel", "id", 1, "filename", "pixel.gif", "embeds", "image", "url",
+      "attachment://pixel.png", "image", "url", "attachment://pixel.gif");
   assert_true(json_equal(got, want));
   json_decref(got);
   json_decref(want);
   assert_part_file(parts, n, "files[0]", "pixel.png", "image/png");
   assert_part_file(parts, n, "files[1]", "pixel.gif", "image/gif");
+  free(raw);
+  json_decref(reqs);
+}
+
+static int validate(struct fixture *f, const struct cp_post *post);
+static int n_errors;
+static char last_diag[512];
+
+static void copy_file(const char *from, const char *to) {
+  size_t len;
+  unsigned char *data = read_file(from, &len);
+  FILE *fp = fopen(to, "wb");
+  assert_non_null(fp);
+  assert_int_equal(fwrite(data, 1, len, fp), len);
+  fclose(fp);
+  free(data);
+}
+
+/* The names in files[n], attachments and attachment:// agree, are safe ASCII, unique, and carry
+ * an extension Discord shows in an embed. */
+static void image_names_safe_and_unique(void **state) {
+  struct fixture *f = *state;
+  connect_kv(f, NULL, NULL, NULL, NULL);
+  char png[512], odd[128], noext[128], accented[128];
+  snprintf(png, sizeof png, "%s", mock_media_path("pixel.png"));
+  snprintf(odd, sizeof odd, "%s/my poster (v2).png", f->dir);
+  snprintf(noext, sizeof noext, "%s/noext", f->dir);
+  snprintf(accented, sizeof accented, "%s/\xc3\xa9t\xc3\xa9.GIF", f->dir);
+  copy_file(png, odd);
+  copy_file(png, noext);
+  copy_file(mock_media_path("pixel.gif"), accented);
+  const struct cp_media media[] = {
+      {odd, NULL}, {png, NULL}, {png, NULL}, {noext, NULL}, {accented, NULL}};
+  const char *names[] = {"my_poster__v2_.png", "pixel.png", "pixel-2.png", "noext.png", "_t_.GIF"};
+  struct cp_post post = text_post("00000000000000b3", "Five https://example.org/x");
+  post.media = media;
+  post.n_media = 5;
+
+  testserver_script(&f->ts, "[" MSG("5003", GUILD) "]");
+  assert_int_equal(mock_host_publish(&f->mh, &post).outcome, CP_OUTCOME_OK);
+  json_t *reqs = testserver_requests(&f->ts);
+  struct mpart parts[8];
+  unsigned char *raw;
+  size_t n = multipart(json_array_get(reqs, 0), parts, 8, &raw);
+  assert_int_equal(n, 6);
+  const struct mpart *pj = part_named(parts, n, "payload_json");
+  json_t *got = json_loadb((const char *)pj->data, pj->len, 0, NULL);
+  json_t *att = json_array(), *emb = json_array();
+  for (size_t i = 0; i < 5; i++) {
+    char field[16], url[64];
+    snprintf(field, sizeof field, "files[%zu]", i);
+    snprintf(url, sizeof url, "attachment://%s", names[i]);
+    const struct mpart *m = part_named(parts, n, field);
+    assert_non_null(m);
+    assert_string_equal(m->filename, names[i]);
+    json_array_append_new(att, json_pack("{s:I, s:s}", "id", (json_int_t)i, "filename", names[i]));
+    json_array_append_new(emb, json_pack("{s:{s:s}}", "image", "url", url));
+  }
+  /* A post with images: the link stays as written, Discord unfurls it as usual. */
+  json_t *want = json_pack("{s:s, s:{s:[]}, s:o, s:o}", "content", "Five https://example.org/x",
+                           "allowed_mentions", "parse", "attachments", att, "embeds", emb);
+  if (!json_equal(got, want)) {
+    char *dump = json_dumps(got, JSON_COMPACT);
+    fail_msg("payload_json %s", dump);
+  }
+  json_decref(want);
+  json_decref(got);
+  free(raw);
+  json_decref(reqs);
+  unlink(odd);
+  unlink(noext);
+  unlink(accented);
+}
+
+static json_t *publish_text(struct fixture *f, struct cp_post *post) {
+  f->mh.progress[0] = '\0';
+  testserver_script(&f->ts, "[" MSG("7001", GUILD) "]");
+  struct cp_result res = mock_host_publish(&f->mh, post);
+  assert_string_equal(cp_outcome_name(res.outcome), "OK");
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(testserver_header(r, "Content-Type"), "application/json");
+  json_t *got = body_json(r);
+  json_decref(reqs);
+  return got;
+}
+
+static void assert_json(json_t *got, json_t *want) {
+  if (!json_equal(got, want)) {
+    char *g = json_dumps(got, JSON_COMPACT), *w = json_dumps(want, JSON_COMPACT);
+    fail_msg("got  %s\nwant %s", g, w);
+  }
+  json_decref(got);
+  json_decref(want);
+}
+
+static void link_preview_embed(void **state) {
+  struct fixture *f = *state;
+  connect_kv(f, NULL, NULL, NULL, NULL);
+  struct cp_post post = text_post(
+      "00000000000000e1",
+      "Doors open at 9. Tickets: https://example.org/tickets?id=7 \xe2\x80\x94 bring a friend!");
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}, s:[{s:s, s:s, s:s}]}", "content",
+                        "Doors open at 9. Tickets: <https://example.org/tickets?id=7> \xe2\x80\x94 "
+                        "bring a friend!",
+                        "allowed_mentions", "parse", "embeds", "title", "Launch", "url",
+                        "https://example.org/tickets?id=7", "description",
+                        "Doors open at 9. Tickets: \xe2\x80\x94 bring a friend!"));
+
+  /* No title: the link's host. A link already in <...> stays as written; only the first link
+   * gets the preview. */
+  post.title = "";
+  post.text = "<https://example.org/a> first\nthen https://other.example/b";
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}, s:[{s:s, s:s, s:s}]}", "content", post.text,
+                        "allowed_mentions", "parse", "embeds", "title", "example.org", "url",
+                        "https://example.org/a", "description",
+                        "first\nthen https://other.example/b"));
+
+  /* Only a link: no description. */
+  post.text = "https://example.org/only";
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}, s:[{s:s, s:s}]}", "content", "<https://example.org/only>",
+                        "allowed_mentions", "parse", "embeds", "title", "example.org", "url",
+                        "https://example.org/only"));
+}
+
+/* Embed limits: a title over 256 characters and a description over 300 are cut at a word, with
+ * "..."; calpost check warns about the title. */
+static void link_preview_limits(void **state) {
+  struct fixture *f = *state;
+  connect_kv(f, NULL, NULL, NULL, NULL);
+  char title[400] = "", text[600] = "https://example.org/news", want_title[400] = "",
+       want_desc[400] = "";
+  for (int i = 0; i < 60; i++)
+    strcat(title, i ? " Word" : "Word"); /* 299 characters */
+  for (int i = 0; i < 51; i++)
+    strcat(want_title, i ? " Word" : "Word");
+  strcat(want_title, "\xe2\x80\xa6");
+  /* The description's 300th character ends a word: with the "..." it does not fit, so the cut
+   * is one word earlier. */
+  strcat(text, " abcde");
+  strcat(want_desc, "abcde");
+  for (int i = 0; i < 80; i++)
+    strcat(text, " abcd");
+  for (int i = 0; i < 58; i++)
+    strcat(want_desc, " abcd");
+  strcat(want_desc, "\xe2\x80\xa6");
+  assert_int_equal(cp_text_codepoints(want_title), 255);
+  assert_int_equal(cp_text_codepoints(want_desc), 296);
+  struct cp_post post = text_post("00000000000000e2", text);
+  post.title = title;
+
+  assert_int_equal(validate(f, &post), 0);
+  assert_int_equal(n_errors, 0);
+  assert_non_null(strstr(last_diag, "the title has 299 characters, a Discord embed title 256"));
+
+  char wrapped[700];
+  snprintf(wrapped, sizeof wrapped, "<https://example.org/news>%s", text + 24);
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}, s:[{s:s, s:s, s:s}]}", "content", wrapped,
+                        "allowed_mentions", "parse", "embeds", "title", want_title, "url",
+                        "https://example.org/news", "description", want_desc));
+
+  /* 1999 characters with a link: the brackets would make 2001, over Discord's 2000; the message
+   * goes without calpost's preview (Discord's own shows). */
+  char *full = malloc(2100);
+  strcpy(full, "https://example.org/x ");
+  memset(full + 22, 'a', 1977);
+  full[1999] = '\0';
+  post.text = full;
+  post.title = "Launch";
+  assert_int_equal(validate(f, &post), 0);
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}}", "content", full, "allowed_mentions", "parse"));
+  free(full);
+}
+
+/* link_preview = no: no embeds of calpost's either; images go as attachments, links stay as
+ * written, and SUPPRESS_EMBEDS keeps Discord from unfurling. */
+static void link_preview_no(void **state) {
+  struct fixture *f = *state;
+  connect_kv(f, "link_preview", "no", NULL, NULL);
+  struct cp_post post = text_post("00000000000000e3", "Read https://example.org/x now");
+  assert_json(publish_text(f, &post),
+              json_pack("{s:s, s:{s:[]}, s:i}", "content", "Read https://example.org/x now",
+                        "allowed_mentions", "parse", "flags", 4));
+
+  const struct cp_media media[] = {{(char *)mock_media_path("pixel.png"), "alt"}};
+  post.media = media;
+  post.n_media = 1;
+  f->mh.progress[0] = '\0';
+  testserver_script(&f->ts, "[" MSG("7002", GUILD) "]");
+  assert_int_equal(mock_host_publish(&f->mh, &post).outcome, CP_OUTCOME_OK);
+  json_t *reqs = testserver_requests(&f->ts);
+  struct mpart parts[4];
+  unsigned char *raw;
+  size_t n = multipart(json_array_get(reqs, 0), parts, 4, &raw);
+  const struct mpart *pj = part_named(parts, n, "payload_json");
+  assert_json(json_loadb((const char *)pj->data, pj->len, 0, NULL),
+              json_pack("{s:s, s:{s:[]}, s:i, s:[{s:i, s:s, s:s}]}", "content",
+                        "Read https://example.org/x now", "allowed_mentions", "parse", "flags", 4,
+                        "attachments", "id", 0, "filename", "pixel.png", "description", "alt"));
   free(raw);
   json_decref(reqs);
 }
@@ -495,8 +708,6 @@ static void thread_resumes_without_duplicates(void **state) {
   free(text);
 }
 
-static int n_errors;
-static char last_diag[512];
 static void on_diag(void *arg, bool error, const char *msg) {
   n_errors += error;
   snprintf(last_diag, sizeof last_diag, "%s", msg);
@@ -625,6 +836,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(each_error_class, setup, teardown),
       cmocka_unit_test_setup_teardown(refused_connection, setup, teardown),
       cmocka_unit_test_setup_teardown(image_with_alt_text, setup, teardown),
+      cmocka_unit_test_setup_teardown(image_names_safe_and_unique, setup, teardown),
+      cmocka_unit_test_setup_teardown(link_preview_embed, setup, teardown),
+      cmocka_unit_test_setup_teardown(link_preview_limits, setup, teardown),
+      cmocka_unit_test_setup_teardown(link_preview_no, setup, teardown),
       cmocka_unit_test_setup_teardown(media_only, setup, teardown),
       cmocka_unit_test_setup_teardown(thread_resumes_without_duplicates, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_limits, setup, teardown),

@@ -227,8 +227,10 @@ static void sends_plain_text(void **state) {
   assert_path(r, "POST", "sendMessage");
   assert_string_equal(testserver_header(r, "Content-Type"), "application/json");
   json_t *got = body_json(r);
-  /* Plain text: no parse_mode, so nothing in the text needs escaping; previews by default. */
-  json_t *want = json_pack("{s:s, s:s}", "chat_id", "@calpost_news", "text", text);
+  /* Plain text: no parse_mode, so nothing in the text needs escaping; previews by default; the
+   * link marked where calpost finds it: 12 + 2 (the emoji) + 23 units in. */
+  json_t *want = json_pack("{s:s, s:s, s:[{s:s, s:i, s:i}]}", "chat_id", "@calpost_news", "text",
+                           text, "entities", "type", "url", "offset", 37, "length", 29);
   assert_true(json_equal(got, want));
   json_decref(got);
   json_decref(want);
@@ -254,12 +256,63 @@ static void options_and_numeric_chat(void **state) {
   assert_string_equal(res.remote_url, "https://t.me/c/1234567890/7");
   json_t *reqs = testserver_requests(&f->ts);
   json_t *got = body_json(json_array_get(reqs, 0));
+  /* No link, no tag: no entities key at all. */
   json_t *want =
       json_pack("{s:I, s:s, s:{s:b}, s:b}", "chat_id", (json_int_t)-1001234567890LL, "text",
                 "quiet news", "link_preview_options", "is_disabled", 1, "disable_notification", 1);
   assert_true(json_equal(got, want));
   json_decref(got);
   json_decref(want);
+  json_decref(reqs);
+}
+
+/* Entities in UTF-16 code units: emoji and a non-BMP letter count 2, accented letters (also a
+ * decomposed e + U+0301) 1 per code point. */
+static void entities_count_utf16(void **state) {
+  struct fixture *f = *state;
+  connect_default(f);
+  const char *text =
+      "Caf\xc3\xa9 " EMOJI " d\xc3\xa9j\xc3\xa0 vu: https://example.org/a?b=1 #launch "
+      "#\xc3\x89t\xc3\xa9"
+      "2024 see http://x.io/p. #1 a#b #cafe\xcc\x81 "
+      "#\xf0\x9d\x90\x80"
+      "b (#no)\n#last";
+  struct cp_post post = text_post("0123456789abcde5", text);
+
+  testserver_script(&f->ts, "[" OK_MSG(43) "]");
+  assert_int_equal(mock_host_publish(&f->mh, &post).outcome, CP_OUTCOME_OK);
+  json_t *reqs = testserver_requests(&f->ts);
+  json_t *got = body_json(json_array_get(reqs, 0));
+  json_t *want = json_pack(
+      "[{s:s, s:i, s:i}, {s:s, s:i, s:i}, {s:s, s:i, s:i}, {s:s, s:i, s:i}, {s:s, s:i, s:i},"
+      " {s:s, s:i, s:i}, {s:s, s:i, s:i}]",
+      "type", "url", "offset", 17, "length", 25,    /* https://example.org/a?b=1 */
+      "type", "hashtag", "offset", 43, "length", 7, /* #launch */
+      "type", "hashtag", "offset", 51, "length", 8, /* #Ete2024 */
+      "type", "url", "offset", 64, "length", 13,    /* http://x.io/p without the '.' */
+      "type", "hashtag", "offset", 86, "length", 6, /* #cafe + U+0301 */
+      "type", "hashtag", "offset", 93, "length", 4, /* # + U+1D400 + b */
+      "type", "hashtag", "offset", 104, "length", 5 /* #last after a newline */);
+  json_t *ents = json_object_get(got, "entities");
+  if (!json_equal(ents, want)) {
+    char *dump = json_dumps(ents, JSON_COMPACT);
+    fail_msg("entities %s", dump);
+  }
+  assert_null(json_object_get(got, "parse_mode"));
+  json_decref(want);
+  json_decref(got);
+  json_decref(reqs);
+
+  /* "#1", "a#b" and a bare domain are neither links nor tags: no entities key. */
+  struct cp_post plain = text_post("0123456789abcde6", "We are #1 at a#b, see example.org " EMOJI);
+  f->mh.progress[0] = '\0';
+  testserver_script(&f->ts, "[" OK_MSG(44) "]");
+  assert_int_equal(mock_host_publish(&f->mh, &plain).outcome, CP_OUTCOME_OK);
+  reqs = testserver_requests(&f->ts);
+  got = body_json(json_array_get(reqs, 0));
+  assert_null(json_object_get(got, "entities"));
+  assert_string_equal(json_string_value(json_object_get(got, "text")), plain.text);
+  json_decref(got);
   json_decref(reqs);
 }
 
@@ -480,6 +533,67 @@ static void photo_with_caption(void **state) {
   free(raw);
   json_decref(reqs);
   assert_string_equal(f->mh.progress, "m=77");
+}
+
+/* Captions carry caption_entities: a form field for sendPhoto, a field of the first InputMedia
+ * in an album. */
+static void caption_entities(void **state) {
+  struct fixture *f = *state;
+  connect_default(f);
+  const char *caption = "Poster " EMOJI " https://example.org/p #launch";
+  json_t *want = json_pack("[{s:s, s:i, s:i}, {s:s, s:i, s:i}]", "type", "url", "offset", 10,
+                           "length", 21, "type", "hashtag", "offset", 32, "length", 7);
+  const struct cp_media one[] = {{(char *)mock_media_path("pixel.png"), NULL}};
+  struct cp_post post = text_post("00000000000000b5", caption);
+  post.media = one;
+  post.n_media = 1;
+
+  testserver_script(&f->ts, "[" OK_MSG(80) "]");
+  assert_int_equal(mock_host_publish(&f->mh, &post).outcome, CP_OUTCOME_OK);
+  json_t *reqs = testserver_requests(&f->ts);
+  json_t *r = json_array_get(reqs, 0);
+  assert_path(r, "POST", "sendPhoto");
+  struct mpart parts[8];
+  unsigned char *raw;
+  size_t n = multipart(r, parts, 8, &raw);
+  assert_int_equal(n, 4);
+  assert_part_text(parts, n, "caption", caption);
+  const struct mpart *ce = part_named(parts, n, "caption_entities");
+  assert_non_null(ce);
+  json_t *got = json_loadb((const char *)ce->data, ce->len, 0, NULL);
+  assert_true(json_equal(got, want));
+  assert_null(part_named(parts, n, "parse_mode"));
+  json_decref(got);
+  free(raw);
+  json_decref(reqs);
+
+  char png[512], gif[512];
+  snprintf(png, sizeof png, "%s", mock_media_path("pixel.png"));
+  snprintf(gif, sizeof gif, "%s", mock_media_path("pixel.gif"));
+  const struct cp_media two[] = {{png, NULL}, {gif, NULL}};
+  post.media = two;
+  post.n_media = 2;
+  f->mh.progress[0] = '\0';
+  testserver_script(&f->ts, "[{\"status\": 200, \"json\": {\"ok\": true, \"result\": ["
+                            "{\"message_id\": 81, \"chat\": {\"id\": 1}}]}}]");
+  assert_int_equal(mock_host_publish(&f->mh, &post).outcome, CP_OUTCOME_OK);
+  reqs = testserver_requests(&f->ts);
+  r = json_array_get(reqs, 0);
+  assert_path(r, "POST", "sendMediaGroup");
+  n = multipart(r, parts, 8, &raw);
+  const struct mpart *m = part_named(parts, n, "media");
+  assert_non_null(m);
+  assert_null(part_named(parts, n, "caption_entities"));
+  got = json_loadb((const char *)m->data, m->len, 0, NULL);
+  json_t *album = json_pack("[{s:s, s:s, s:s, s:O}, {s:s, s:s}]", "type", "photo", "media",
+                            "attach://file0", "caption", caption, "caption_entities", want, "type",
+                            "photo", "media", "attach://file1");
+  assert_true(json_equal(got, album));
+  json_decref(album);
+  json_decref(got);
+  free(raw);
+  json_decref(reqs);
+  json_decref(want);
 }
 
 static void album_of_two(void **state) {
@@ -746,11 +860,13 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(sends_plain_text, setup, teardown),
       cmocka_unit_test_setup_teardown(options_and_numeric_chat, setup, teardown),
+      cmocka_unit_test_setup_teardown(entities_count_utf16, setup, teardown),
       cmocka_unit_test_setup_teardown(each_error_class, setup, teardown),
       cmocka_unit_test_setup_teardown(refused_and_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_counts_utf16, setup, teardown),
       cmocka_unit_test_setup_teardown(max_chars_override, setup, teardown),
       cmocka_unit_test_setup_teardown(photo_with_caption, setup, teardown),
+      cmocka_unit_test_setup_teardown(caption_entities, setup, teardown),
       cmocka_unit_test_setup_teardown(album_of_two, setup, teardown),
       cmocka_unit_test_setup_teardown(gif_alone_is_an_animation, setup, teardown),
       cmocka_unit_test_setup_teardown(not_an_image_fails_before_sending, setup, teardown),

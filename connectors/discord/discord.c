@@ -5,17 +5,22 @@
  *   url_file = discord.url         ; or url_env = CALPOST_DISCORD_URL; the URL is the secret
  *   username = Release bot         ; optional: overrides the webhook's name
  *   avatar_url = https://example.org/bot.png   ; optional
- *   link_preview = yes             ; no: suppress Discord's link embeds (flag SUPPRESS_EMBEDS)
+ *   link_preview = yes             ; no: no embeds, and Discord's are suppressed (SUPPRESS_EMBEDS)
  *
  * Request: POST <url>?wait=true with JSON {content, allowed_mentions: {parse: []}, username?,
  * avatar_url?, flags?}; with media, multipart: payload_json (the same JSON plus attachments
  * [{id, filename, description = alt text}]) and files[n]. wait=true makes Discord answer with the
  * message (its id is the remote id) instead of 204, which Discord also sends for a message that
  * was not saved. allowed_mentions with an empty parse list keeps "@everyone" in a post from
- * pinging anyone. A thread (thread = yes) over 2000 characters goes as consecutive messages; each
- * sent message is saved with host->save_progress ("1=<id>;2=<id>") and never sent again.
- * Rate limits: 429 with Retry-After, X-RateLimit-Reset-After, X-RateLimit-Reset and the body's
- * retry_after; the latest of them is the retry time. */
+ * pinging anyone. Embeds (unless link_preview = no): one {"image": {"url": "attachment://NAME"}}
+ * per image, NAME the upload's file name made safe and unique; a post without images gets one link
+ * preview per message, {title: the post's title (or the link's host), url: the first link,
+ * description: the text without it, cut to 300 characters}, and that link goes in <...> in the
+ * content so that Discord's own unfurl does not show it twice. A thread (thread = yes) over 2000
+ * characters goes as consecutive messages; each sent message is saved with host->save_progress
+ * ("1=<id>;2=<id>") and never sent again. Rate limits: 429 with Retry-After,
+ * X-RateLimit-Reset-After, X-RateLimit-Reset and the body's retry_after; the latest of them is the
+ * retry time. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -26,6 +31,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <utf8proc.h>
 #include <uv.h>
 
 #include "calpost/connector.h"
@@ -38,6 +44,12 @@
 #define MEDIA_MAX 10
 #define ALT_MAX 1024
 #define USERNAME_MAX 80
+#define NAME_MAX_BYTES 100
+#define EMBEDS_MAX 10
+#define EMBED_TITLE_MAX 256
+#define EMBED_DESC_MAX 4096
+#define EMBEDS_TEXT_MAX 6000 /* title + description (+ fields, footer, author) of all embeds */
+#define PREVIEW_DESC_MAX 300
 #define FLAG_SUPPRESS_EMBEDS (1 << 2)
 #define FLAG_SUPPRESS_NOTIFICATIONS (1 << 12)
 
@@ -58,7 +70,8 @@ struct blob {
   unsigned char *data;
   size_t len;
   char *type;
-  char *name;
+  char *name; /* safe and unique in the message: files[n], attachments and attachment:// */
+  bool embed; /* an image Discord shows in an embed */
 };
 
 enum stage { POSTING, GUILD_LOOKUP, LOGIN };
@@ -84,6 +97,8 @@ static const char *const known_keys[] = {"url_file",   "url_env",      "username
 static const char *const post_options[] = {"silent", NULL};
 static const char *const media_exts[] = {"jpg", "jpeg", "png", "gif", "webp",
                                          "mp4", "webm", "mov", NULL};
+/* What attachment:// takes in an embed (Discord's "Uploading Files" reference). */
+static const char *const image_exts[] = {"jpg", "jpeg", "png", "webp", "gif", NULL};
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -126,6 +141,270 @@ static void media_ext(const char *src, char *ext, size_t size) {
       ext[n] = '\0';
       return;
     }
+}
+
+static bool in_list(const char *s, const char *const *list) {
+  for (size_t i = 0; list[i]; i++)
+    if (!strcmp(s, list[i]))
+      return true;
+  return false;
+}
+
+/* True if the post has media that may be images: an image extension, or none (a URL such as
+ * .../photo?id=3). Decided without I/O, so that validate and every message agree. */
+static bool has_images(const struct cp_post *post) {
+  char ext[16];
+  for (size_t i = 0; i < post->n_media; i++) {
+    media_ext(post->media[i].src, ext, sizeof ext);
+    if (!*ext || in_list(ext, image_exts))
+      return true;
+  }
+  return false;
+}
+
+/* ---- text for embeds ---------------------------------------------------------------------- */
+
+/* The code point at p (U+FFFD for an invalid byte) and its length in bytes. */
+static size_t next_cp(const char *p, utf8proc_int32_t *cp) {
+  utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)p, -1, cp);
+  if (n <= 0) {
+    *cp = 0xFFFD;
+    return 1;
+  }
+  return (size_t)n;
+}
+
+static bool is_space_cp(utf8proc_int32_t cp) {
+  if (cp == ' ' || (cp >= '\t' && cp <= '\r'))
+    return true;
+  utf8proc_category_t c = utf8proc_category(cp);
+  return c == UTF8PROC_CATEGORY_ZS || c == UTF8PROC_CATEGORY_ZL || c == UTF8PROC_CATEGORY_ZP;
+}
+
+static bool is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
+
+static bool is_ws(char c) {
+  return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/* s cut to at most max code points (max >= 2): whole when it fits; otherwise at the last white
+ * space that leaves room for a closing "…" (inside one long word: at a grapheme boundary), with
+ * trailing white space dropped. Returns a malloc'd string or NULL. */
+static char *cut_text(const char *s, size_t max) {
+  if (cp_text_codepoints(s) <= max)
+    return strdup(s);
+  const char *p = s, *space = NULL, *grapheme = s;
+  utf8proc_int32_t prev = -1, cp, state = 0;
+  for (size_t n = 0; *p && n < max - 1; n++) {
+    size_t len = next_cp(p, &cp);
+    if (prev >= 0 && utf8proc_grapheme_break_stateful(prev, cp, &state))
+      grapheme = p;
+    if (is_space_cp(cp))
+      space = p;
+    prev = cp;
+    p += len;
+  }
+  next_cp(p, &cp); /* the first code point that does not fit: s is longer than max */
+  const char *cut = p;
+  if (!is_space_cp(cp) && space)
+    cut = space;
+  else if (!is_space_cp(cp) && !utf8proc_grapheme_break_stateful(prev, cp, &state))
+    cut = grapheme;
+  while (cut > s && is_ws(cut[-1]))
+    cut--;
+  size_t n = (size_t)(cut - s);
+  char *out = malloc(n + 4);
+  if (out) {
+    memcpy(out, s, n);
+    memcpy(out + n, "\xe2\x80\xa6", 4); /* U+2026 and the NUL */
+  }
+  return out;
+}
+
+/* The host of url (malloc'd), or a copy of url if it has none. */
+static char *url_host(const char *url) {
+  CURLU *u = curl_url();
+  char *host = NULL, *out = NULL;
+  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+    out = strdup(host);
+  curl_free(host);
+  curl_url_cleanup(u);
+  return out ? out : strdup(url);
+}
+
+/* text[0..start) and text[end..) joined with one space where the cut left white space on both
+ * sides, trimmed. Returns a malloc'd string or NULL. */
+static char *text_without(const char *text, size_t start, size_t end) {
+  size_t a = start, b = end, tail = strlen(text);
+  while (a > 0 && is_blank(text[a - 1]))
+    a--;
+  while (b < tail && is_blank(text[b]))
+    b++;
+  bool sep = a > 0 && b < tail && text[a - 1] != '\n' && text[b] != '\n';
+  char *out = malloc(a + (tail - b) + 2);
+  if (!out)
+    return NULL;
+  memcpy(out, text, a);
+  if (sep)
+    out[a++] = ' ';
+  memcpy(out + a, text + b, tail - b + 1);
+  size_t lead = 0, n = strlen(out);
+  while (out[lead] && is_ws(out[lead]))
+    lead++;
+  while (n > lead && is_ws(out[n - 1]))
+    n--;
+  memmove(out, out + lead, n - lead);
+  out[n - lead] = '\0';
+  return out;
+}
+
+/* The link preview of a message: the embed {title, url, description} for the first link of text,
+ * and in *content (malloc'd) the text with that link in <...>, which keeps Discord from unfurling
+ * it as well (NULL: the text as it is, the link was in <...> already). Returns NULL when the text
+ * has no link, when the brackets would take it over Discord's 2000 characters (Discord's own
+ * preview then shows), or on ENOMEM. */
+static json_t *link_preview(const struct cp_post *post, const char *text, char **content) {
+  size_t ulen = 0;
+  const char *url = cp_text_find_url(text, &ulen);
+  *content = NULL;
+  if (!url)
+    return NULL;
+  size_t at = (size_t)(url - text);
+  bool bracketed = at > 0 && url[-1] == '<' && url[ulen] == '>';
+  char *link = strndup(url, ulen);
+  char *wrapped = NULL, *host = NULL, *title = NULL, *desc = NULL;
+  json_t *e = NULL;
+  if (!link)
+    return NULL;
+  if (!bracketed) {
+    size_t tl = strlen(text);
+    wrapped = malloc(tl + 3);
+    if (!wrapped)
+      goto out;
+    snprintf(wrapped, tl + 3, "%.*s<%s>%s", (int)at, text, link, url + ulen);
+    if (cp_text_codepoints(wrapped) > TEXT_MAX)
+      goto out;
+  }
+  const char *t = post->title && *post->title ? post->title : NULL;
+  if (!t) {
+    host = url_host(link);
+    t = host;
+  }
+  title = t ? cut_text(t, EMBED_TITLE_MAX) : NULL;
+  char *rest = text_without(text, bracketed ? at - 1 : at, at + ulen + (bracketed ? 1 : 0));
+  desc = rest ? cut_text(rest, PREVIEW_DESC_MAX) : NULL;
+  free(rest);
+  if (!title || !desc)
+    goto out;
+  e = json_pack("{s:s, s:s}", "title", title, "url", link);
+  if (e && *desc && json_object_set_new(e, "description", json_string(desc))) {
+    json_decref(e);
+    e = NULL;
+  }
+  if (e) {
+    *content = wrapped;
+    wrapped = NULL;
+  }
+out:
+  free(link);
+  free(wrapped);
+  free(host);
+  free(title);
+  free(desc);
+  return e;
+}
+
+/* Checks embeds against Discord's limits (at most 10; title 256, description 4096, and 6000 for
+ * the text of all of them); on failure writes why. */
+static bool embeds_fit(json_t *embeds, char *why, size_t size) {
+  size_t total = 0, i;
+  json_t *e;
+  if (json_array_size(embeds) > EMBEDS_MAX) {
+    snprintf(why, size, "%zu embeds, Discord allows %d", json_array_size(embeds), EMBEDS_MAX);
+    return false;
+  }
+  json_array_foreach(embeds, i, e) {
+    const char *title = json_string_value(json_object_get(e, "title"));
+    const char *desc = json_string_value(json_object_get(e, "description"));
+    size_t tn = title ? cp_text_codepoints(title) : 0, dn = desc ? cp_text_codepoints(desc) : 0;
+    if (tn > EMBED_TITLE_MAX || dn > EMBED_DESC_MAX) {
+      snprintf(why, size, "embed %zu: title of %zu or description of %zu characters", i + 1, tn,
+               dn);
+      return false;
+    }
+    total += tn + dn;
+  }
+  if (total > EMBEDS_TEXT_MAX) {
+    snprintf(why, size, "embeds with %zu characters of text, Discord allows %d", total,
+             EMBEDS_TEXT_MAX);
+    return false;
+  }
+  return true;
+}
+
+/* ---- file names --------------------------------------------------------------------------- */
+
+/* Copies in[0..n) to out as ASCII letters, digits, '.', '-' and '_' (any other code point becomes
+ * one '_'), at most max bytes; returns the length written. */
+static size_t safe_chars(const char *in, size_t n, char *out, size_t max) {
+  size_t k = 0;
+  for (size_t i = 0; i < n && k < max; i++) {
+    unsigned char c = (unsigned char)in[i];
+    if ((c & 0xC0) == 0x80)
+      continue;
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_';
+    out[k++] = ok ? (char)c : '_';
+  }
+  return k;
+}
+
+static const char *image_ext_of(const char *type) {
+  static const char *const types[][2] = {
+      {"image/jpeg", "jpg"}, {"image/png", "png"}, {"image/webp", "webp"}, {"image/gif", "gif"}};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if (!strcasecmp(type, types[i][0]))
+      return types[i][1];
+  return NULL;
+}
+
+/* The name of upload i: the loaded file name made safe for multipart and attachment:// (see
+ * safe_chars, no leading '.'), with the extension Discord needs to show an image of this type in
+ * an embed, and unique among the uploads before it ("-2", "-3" before the extension). Sets
+ * b->name and b->embed; returns 0 or CP_ENOMEM. */
+static int name_upload(struct blob *b, const char *loaded, const struct blob *prev, size_t n_prev) {
+  const char *dot = strrchr(loaded, '.');
+  size_t stem_len =
+      dot && dot != loaded && strlen(dot) <= 8 ? (size_t)(dot - loaded) : strlen(loaded);
+  char stem[NAME_MAX_BYTES], ext[16] = "", want_ext[16];
+  size_t sn = safe_chars(loaded, stem_len, stem, NAME_MAX_BYTES - 24);
+  size_t en = safe_chars(loaded + stem_len, strlen(loaded + stem_len), ext, sizeof ext - 1);
+  stem[sn] = '\0';
+  ext[en] = '\0';
+  if (stem[0] == '.')
+    stem[0] = '_';
+  if (!sn)
+    snprintf(stem, sizeof stem, "media");
+  const char *img = image_ext_of(b->type);
+  media_ext(ext, want_ext, sizeof want_ext);
+  if (img && !in_list(want_ext, image_exts))
+    snprintf(ext + strlen(ext), sizeof ext - strlen(ext), ".%s", img);
+  char name[NAME_MAX_BYTES + 16];
+  snprintf(name, sizeof name, "%s%s", stem, ext);
+  for (int k = 2;; k++) {
+    bool taken = false;
+    for (size_t i = 0; i < n_prev && !taken; i++)
+      taken = !strcasecmp(prev[i].name, name);
+    if (!taken)
+      break;
+    snprintf(name, sizeof name, "%s-%d%s", stem, k, ext);
+  }
+  b->name = strdup(name);
+  b->embed = img != NULL;
+  return b->name ? 0 : CP_ENOMEM;
 }
 
 /* Checks the webhook URL (https, or http to this machine) and derives the URL to post to (with
@@ -363,6 +642,16 @@ static int discord_validate(void *instance, const struct cp_post *post, cp_diag_
       bad = 1;
     }
   }
+  size_t ulen;
+  size_t tn = post->title ? cp_text_codepoints(post->title) : 0;
+  if (d->link_preview && !has_images(post) && cp_text_find_url(text, &ulen) &&
+      tn > EMBED_TITLE_MAX) {
+    snprintf(msg, sizeof msg,
+             "the title has %zu characters, a Discord embed title %d: the link preview shows it "
+             "cut at a word with \"...\"",
+             tn, EMBED_TITLE_MAX);
+    diag(arg, false, msg);
+  }
   const char *silent = cp_post_option(post, "silent");
   if (silent && parse_bool(silent) < 0) {
     snprintf(msg, sizeof msg, "silent = '%.60s': write yes or no", silent);
@@ -440,13 +729,39 @@ static int get_webhook(struct job *j) {
 static json_t *payload(const struct job *j, bool with_media) {
   const struct discord *d = j->d;
   const char *content = j->parts[j->next];
+  char *wrapped = NULL, why[160];
   int flags =
       (d->link_preview ? 0 : FLAG_SUPPRESS_EMBEDS) | (j->silent ? FLAG_SUPPRESS_NOTIFICATIONS : 0);
-  json_t *p = json_object();
-  int bad = !p;
+  json_t *p = json_object(), *embeds = json_array();
+  int bad = !p || !embeds;
 
+  /* link_preview = no: no embeds of ours either; the images show as plain attachments. */
+  if (!bad && d->link_preview) {
+    for (size_t i = 0; with_media && !bad && i < j->n_media; i++) {
+      if (!j->media[i].embed)
+        continue;
+      char url[NAME_MAX_BYTES + 32];
+      snprintf(url, sizeof url, "attachment://%s", j->media[i].name);
+      bad = json_array_append_new(embeds, json_pack("{s:{s:s}}", "image", "url", url));
+    }
+    if (!bad && !has_images(j->post)) {
+      json_t *e = link_preview(j->post, content, &wrapped);
+      bad = e && json_array_append_new(embeds, e);
+    }
+    if (!bad && !embeds_fit(embeds, why, sizeof why)) {
+      /* Not expected (titles and descriptions are cut to fit): send the message without them. */
+      d->host->log(d->host, CP_LOG_WARN, "post %s: embeds left out: %s", j->post->id, why);
+      json_array_clear(embeds);
+      free(wrapped);
+      wrapped = NULL;
+    }
+  }
   if (*content)
-    bad = bad || json_object_set_new(p, "content", json_string(content));
+    bad = bad || json_object_set_new(p, "content", json_string(wrapped ? wrapped : content));
+  free(wrapped);
+  if (json_array_size(embeds))
+    bad = bad || json_object_set_new(p, "embeds", json_incref(embeds));
+  json_decref(embeds);
   bad = bad || json_object_set_new(p, "allowed_mentions", json_pack("{s:[]}", "parse"));
   if (d->username)
     bad = bad || json_object_set_new(p, "username", json_string(d->username));
@@ -721,7 +1036,9 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
   struct blob *b = &j->media[j->n_loaded];
   b->data = malloc(blob->len ? blob->len : 1);
   b->type = strdup(blob->content_type ? blob->content_type : "application/octet-stream");
-  b->name = strdup(blob->filename && *blob->filename ? blob->filename : "media");
+  if (b->type)
+    name_upload(b, blob->filename && *blob->filename ? blob->filename : "media", j->media,
+                j->n_loaded);
   j->n_loaded++;
   if (!b->data || !b->type || !b->name) {
     fail(j, CP_OUTCOME_RETRY, CP_ENOMEM, "media '%.100s': out of memory", m->src);

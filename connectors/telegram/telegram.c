@@ -13,7 +13,10 @@
  *                 file and the text as caption
  *   2-10 media    POST .../sendMediaGroup, multipart: media = JSON [{type, media: "attach://fileN",
  *                 caption on the first}], fileN = the bytes
- * Text is sent as plain text (no parse_mode), so nothing needs escaping; Telegram finds the links.
+ * Text is sent as plain text (no parse_mode), so nothing needs escaping, with explicit entities
+ * (entities / caption_entities): a "url" for each link where cp_text_find_url finds it and a
+ * "hashtag" for each #tag, offsets and lengths in UTF-16 code units, so links are the same on every
+ * platform instead of what Telegram's own detection makes of them.
  * A text over the 1024-character caption limit follows the media as a message of its own, and a
  * thread (thread = yes) over 4096 characters goes as several messages. Telegram has no
  * idempotency keys: every message sent is saved with host->save_progress ("m=<id>;1=<id>;..."),
@@ -28,6 +31,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <utf8proc.h>
 #include <uv.h>
 
 #include "calpost/connector.h"
@@ -155,6 +159,107 @@ static bool in_list(const char *s, const char *const *list) {
     if (!strcmp(s, list[i]))
       return true;
   return false;
+}
+
+/* ---- entities ----------------------------------------------------------------------------- */
+
+/* UTF-16 code units of s[0..n) (valid UTF-8): one per code point, two above U+FFFF. */
+static size_t utf16_units(const char *s, size_t n) {
+  size_t u = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c & 0xC0) != 0x80)
+      u += c >= 0xF0 ? 2 : 1;
+  }
+  return u;
+}
+
+/* The code point at p (U+FFFD for an invalid byte) and its length in bytes. */
+static size_t next_cp(const char *p, utf8proc_int32_t *cp) {
+  utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)p, -1, cp);
+  if (n <= 0) {
+    *cp = 0xFFFD;
+    return 1;
+  }
+  return (size_t)n;
+}
+
+static bool is_space_cp(utf8proc_int32_t cp) {
+  if (cp == ' ' || (cp >= '\t' && cp <= '\r'))
+    return true;
+  utf8proc_category_t c = utf8proc_category(cp);
+  return c == UTF8PROC_CATEGORY_ZS || c == UTF8PROC_CATEGORY_ZL || c == UTF8PROC_CATEGORY_ZP;
+}
+
+static bool is_letter_cp(utf8proc_int32_t cp) {
+  utf8proc_category_t c = utf8proc_category(cp);
+  return c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_LO;
+}
+
+/* Letters, combining marks (Hindi, Thai), decimal digits and '_'. */
+static bool is_tag_cp(utf8proc_int32_t cp) {
+  utf8proc_category_t c = utf8proc_category(cp);
+  return cp == '_' || (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_ND);
+}
+
+/* The length in bytes of a hashtag at p ('#' and at least one letter among letters, marks, digits
+ * and '_'), or 0. "#1" is a number, not a tag, as Telegram sees it too. */
+static size_t hashtag_at(const char *p) {
+  const char *q = p + 1;
+  bool letter = false;
+  utf8proc_int32_t cp;
+  while (*q) {
+    size_t n = next_cp(q, &cp);
+    if (!is_tag_cp(cp))
+      break;
+    letter = letter || is_letter_cp(cp);
+    q += n;
+  }
+  return letter ? (size_t)(q - p) : 0;
+}
+
+static int add_entity(json_t *arr, const char *type, const char *text, const char *at, size_t len) {
+  json_t *e = json_pack("{s:s, s:I, s:I}", "type", type, "offset",
+                        (json_int_t)utf16_units(text, (size_t)(at - text)), "length",
+                        (json_int_t)utf16_units(at, len));
+  return e ? json_array_append_new(arr, e) : -1;
+}
+
+/* The MessageEntity array for text (valid UTF-8), in order: a "url" wherever cp_text_find_url
+ * finds a link, a "hashtag" for a '#' at the start or after white space followed by a tag.
+ * Returns a new array (empty when there is nothing to mark), or NULL on ENOMEM. */
+static json_t *entities_of(const char *text) {
+  json_t *arr = json_array();
+  size_t ulen = 0;
+  const char *url = cp_text_find_url(text, &ulen);
+  bool after_space = true; /* the start of the text counts as white space */
+  const char *p = text;
+
+  while (arr && *p) {
+    if (p == url) {
+      if (add_entity(arr, "url", text, p, ulen))
+        goto nomem;
+      p += ulen;
+      after_space = false;
+      url = cp_text_find_url(p, &ulen);
+      continue;
+    }
+    size_t tag = *p == '#' && after_space ? hashtag_at(p) : 0;
+    if (tag && (!url || p + tag <= url)) {
+      if (add_entity(arr, "hashtag", text, p, tag))
+        goto nomem;
+      p += tag;
+      after_space = false;
+      continue;
+    }
+    utf8proc_int32_t cp;
+    p += next_cp(p, &cp);
+    after_space = is_space_cp(cp);
+  }
+  return arr;
+nomem:
+  json_decref(arr);
+  return NULL;
 }
 
 static const char *const photo_exts[] = {"jpg", "jpeg", "png", "webp", "gif", NULL};
@@ -512,6 +617,11 @@ static int send_text(struct job *j) {
 
   bad = bad || json_object_set_new(b, "chat_id", chat_json(t));
   bad = bad || json_object_set_new(b, "text", json_string(j->parts[j->next]));
+  json_t *ents = bad ? NULL : entities_of(j->parts[j->next]);
+  bad = bad || !ents;
+  if (ents && json_array_size(ents))
+    bad = bad || json_object_set_new(b, "entities", json_incref(ents));
+  json_decref(ents);
   if (!t->link_preview) {
     json_t *lp = json_pack("{s:b}", "is_disabled", 1);
     bad = bad || json_object_set_new(b, "link_preview_options", lp);
@@ -538,9 +648,19 @@ static int send_media(struct job *j) {
   struct cp_http_part parts[MEDIA_MAX + 4];
   char fields[MEDIA_MAX][32];
   size_t np = 0;
-  char *media_json = NULL;
+  char *media_json = NULL, *ents_json = NULL;
+  json_t *ents = NULL;
   int err;
 
+  if (j->caption) {
+    ents = entities_of(j->caption);
+    if (!ents)
+      return CP_ENOMEM;
+    if (!json_array_size(ents)) {
+      json_decref(ents);
+      ents = NULL;
+    }
+  }
   memset(parts, 0, sizeof parts);
   parts[np++] = (struct cp_http_part){.name = "chat_id", .data = t->chat};
   if (j->n_media == 1) {
@@ -552,6 +672,14 @@ static int send_media(struct job *j) {
                                         .len = j->media[0].len};
     if (j->caption)
       parts[np++] = (struct cp_http_part){.name = "caption", .data = j->caption};
+    if (ents) {
+      ents_json = json_dumps(ents, JSON_COMPACT);
+      if (!ents_json) {
+        json_decref(ents);
+        return CP_ENOMEM;
+      }
+      parts[np++] = (struct cp_http_part){.name = "caption_entities", .data = ents_json};
+    }
   } else {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < j->n_media; i++) {
@@ -561,6 +689,8 @@ static int send_media(struct job *j) {
       json_t *m = json_pack("{s:s, s:s}", "type", kind_of(&j->media[i], false), "media", attach);
       if (m && i == 0 && j->caption)
         json_object_set_new(m, "caption", json_string(j->caption));
+      if (m && i == 0 && ents)
+        json_object_set(m, "caption_entities", ents);
       if (!m || json_array_append_new(arr, m)) {
         json_decref(arr);
         arr = NULL;
@@ -568,8 +698,10 @@ static int send_media(struct job *j) {
     }
     media_json = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
     json_decref(arr);
-    if (!media_json)
+    if (!media_json) {
+      json_decref(ents);
       return CP_ENOMEM;
+    }
     parts[np++] = (struct cp_http_part){.name = "media", .data = media_json};
     for (size_t i = 0; i < j->n_media; i++)
       parts[np++] = (struct cp_http_part){.name = fields[i],
@@ -591,6 +723,8 @@ static int send_media(struct job *j) {
   j->sending_media = true;
   err = send_multipart(j, method, parts, np);
   free(media_json);
+  free(ents_json);
+  json_decref(ents);
   return err;
 }
 
