@@ -72,6 +72,17 @@ static const char *const migrations[] = {
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);\n",
     /* 2: what a connector saved of a post's progress (thread parts published, media uploaded). */
     "ALTER TABLE posts ADD COLUMN progress TEXT;\n",
+    /* 3: engagement samples of published posts, one per target age (1 h, 1 d, 7 d, ...). */
+    "CREATE TABLE engagement(\n"
+    "  post_id TEXT NOT NULL REFERENCES posts(id),\n"
+    "  age_s INTEGER NOT NULL,\n"
+    "  sampled_ms INTEGER NOT NULL,\n"
+    "  replies INTEGER,\n"
+    "  reposts INTEGER,\n"
+    "  likes INTEGER,\n"
+    "  quotes INTEGER,\n"
+    "  views INTEGER,\n"
+    "  PRIMARY KEY (post_id, age_s));\n",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

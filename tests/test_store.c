@@ -359,9 +359,9 @@ static void reopen_keeps_state_and_migrates_once(void **state) {
   cp_store_channel_status_free(cs);
   cp_store_close(f->s);
   f->s = NULL;
-  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 2);
-  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 2);
-  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 2);
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 3);
+  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 3);
   sqlite3 *h;
   assert_int_equal(sqlite3_open(f->db, &h), SQLITE_OK);
   sqlite3_stmt *st;

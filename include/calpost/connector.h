@@ -38,6 +38,7 @@ struct uv_loop_s;
 #define CP_CAP_MEDIA (1u << 1)      /* the post's media reach the destination */
 #define CP_CAP_THREADS (1u << 2)    /* over-long text is published as a reply chain */
 #define CP_CAP_METRICS (1u << 3)    /* the metrics callback is set */
+#define CP_CAP_ENGAGEMENT (1u << 4) /* the engagement callback is set */
 
 /* ---- HTTP (served by the host on its loop; see scheduler/http.h) ---------------------------- */
 
@@ -136,6 +137,14 @@ struct cp_result {
   char remote_id[CP_RESULT_ID_MAX];    /* the platform's id of the post, "" if unknown */
   char remote_url[CP_RESULT_URL_MAX];  /* where people can see it, "" if unknown */
   int64_t retry_at_ms; /* earliest sensible retry (Unix ms, wall clock); 0: no hint */
+  /* Set by engagement(): the audience's response to a published post, -1 where the platform
+   * does not say. Zero-initialised results mean "no counts". */
+  bool has_engagement;
+  int64_t replies;
+  int64_t reposts; /* boosts, retweets, reposts, shares */
+  int64_t likes;   /* favourites, likes, reactions */
+  int64_t quotes;
+  int64_t views; /* impressions, where the platform counts them */
 };
 
 /* ---- Configuration -------------------------------------------------------------------------- */
@@ -274,10 +283,16 @@ struct cp_connector {
   int (*login_check)(void *instance, const struct cp_publish_req *req);
   /* Frees the instance; called only when nothing is in flight. NULL instance is a no-op. */
   void (*free)(void *instance);
+  /* Reads the engagement of a post this channel published (remote_id and remote_url as the
+   * publish result gave them): completes like publish, with OK and has_engagement set and the
+   * counts filled (or the outcome of the failure). Posts nothing. Optional (CP_CAP_ENGAGEMENT);
+   * put last in this struct by an ABI addition, see post_options below. */
   /* The post options ([calpost] settings of an event that calpost itself does not use, such as
    * "visibility" or "language") this connector reads, NULL-terminated; NULL if none. `calpost
    * check` warns about an option that none of a post's channels reads. */
   const char *const *post_options;
+  int (*engagement)(void *instance, const char *remote_id, const char *remote_url,
+                    const struct cp_publish_req *req);
 };
 
 #endif
