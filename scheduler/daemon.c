@@ -33,6 +33,7 @@
 #include "hints.h"
 #include "http.h"
 #include "media.h"
+#include "utm.h"
 #include "plan.h"
 #include "ratelimit.h"
 #include "store.h"
@@ -120,6 +121,9 @@ struct channel {
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
   bool notify_only; /* used only for notifications */
   bool freed;       /* a request of this channel just finished */
+  bool utm_on;      /* `utm = yes`: links get utm_* parameters */
+  struct cp_utm utm;
+  char **utm_domains;
 };
 
 /* The current plan and an index from post id to its position. Plans are shared with posts in
@@ -141,6 +145,7 @@ struct inflight {
   struct cp_post post;
   char key[128];
   char *progress; /* what earlier attempts saved (req.progress points here) */
+  char *utm_text; /* the text with UTM parameters (post.text points here), or NULL */
   int64_t due_ms;
   int64_t fire_at; /* when the request may leave: due (or the rate limit's), after the claim */
   int attempts;
@@ -652,6 +657,7 @@ static void finish(struct inflight *f) {
   plan_unref(f->pr);
   free(f->note_text);
   free(f->progress);
+  free(f->utm_text);
   free(f);
   if (d->stopping && d->n_inflight == 0)
     uv_stop(d->loop);
@@ -861,6 +867,13 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
   f->req.host_data = f;
   f->progress = sp->progress ? strdup(sp->progress) : NULL;
   f->req.progress = f->progress ? f->progress : "";
+  if (ch->utm_on) {
+    struct cp_utm u = ch->utm;
+    u.campaign = f->post.campaign;
+    u.content = f->post.id;
+    if (cp_utm_apply(f->post.text, &u, &f->utm_text) == 0)
+      f->post.text = f->utm_text;
+  }
   ch->busy = true;
   d->n_inflight++;
   return f;
@@ -1289,6 +1302,59 @@ static int lock_state(struct daemon *d) {
   return 0;
 }
 
+/* `utm = yes` on a channel (or in [calpost] for all): utm_source (default: the channel name),
+ * utm_medium (default: social; email for an email channel), utm_domains (only links to these
+ * hosts; default: every link). The campaign is the post's, the content its id. */
+static int utm_settings(struct daemon *d, struct channel *ch) {
+  const struct cp_section *gs = section(d->cfg, "calpost", "");
+  const struct cp_section *cs = ch->conf->section;
+  const char *on = cp_section_get(cs, "utm");
+  if (!on)
+    on = cp_section_get(gs, "utm");
+  if (!on || !strcmp(on, "no") || !strcmp(on, "false"))
+    return 0;
+  if (strcmp(on, "yes") && strcmp(on, "true")) {
+    logf_(CP_LOG_ERROR, "%s: [channel %s] utm: '%s' is not yes or no", d->cfg->path,
+          ch->conf->name, on);
+    return CP_ECONFIG;
+  }
+  ch->utm_on = true;
+  const char *src = cp_section_get(cs, "utm_source");
+  const char *med = cp_section_get(cs, "utm_medium");
+  ch->utm.source = src ? src : ch->conf->name;
+  ch->utm.medium = med ? med : !strcmp(ch->conf->type, "email") ? "email" : "social";
+  const char *doms = cp_section_get(cs, "utm_domains");
+  if (!doms)
+    doms = cp_section_get(gs, "utm_domains");
+  if (doms) {
+    size_t n = 0, cap = 4;
+    char **v = calloc(cap + 1, sizeof *v);
+    const char *p = doms;
+    while (v && *p) {
+      p += strspn(p, ", \t");
+      size_t len = strcspn(p, ", \t");
+      if (!len)
+        break;
+      if (n == cap) {
+        char **nv = realloc(v, (2 * cap + 1) * sizeof *nv);
+        if (!nv)
+          break;
+        v = nv;
+        cap *= 2;
+      }
+      v[n++] = strndup(p, len);
+      v[n] = NULL;
+      p += len;
+    }
+    if (!v)
+      return CP_ENOMEM;
+    ch->utm_domains = v;
+    ch->utm.domains = (const char *const *)v;
+    ch->utm.n_domains = n;
+  }
+  return 0;
+}
+
 static int start_channels(struct daemon *d) {
   const struct cp_section *ns = section(d->cfg, "notify", "");
   const char *notify_name = cp_section_get(ns, "channel");
@@ -1348,6 +1414,8 @@ static int start_channels(struct daemon *d) {
     uv_timer_init(d->loop, &ch->fire_timer);
     ch->fire_timer.data = ch;
     ch->notify_only = cp_section_get(cc->section, "notify_only") != NULL;
+    if (utm_settings(d, ch) < 0)
+      return CP_ECONFIG;
     if (notify_name && !strcmp(notify_name, cc->name))
       d->notify = ch;
     d->n_ch++;
@@ -1571,6 +1639,9 @@ out_loop:
     if (d->ch[i].conn && d->ch[i].inst)
       d->ch[i].conn->free(d->ch[i].inst);
     free(d->ch[i].done_at);
+    for (char **dm = d->ch[i].utm_domains; dm && *dm; dm++)
+      free(*dm);
+    free(d->ch[i].utm_domains);
   }
   free(d->ch);
   uv_loop_close(d->loop);

@@ -1328,6 +1328,10 @@ void cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post) {
   post->thread = src->thread;
   post->numbered = src->numbered;
   post->campaign = src->desc->campaign;
+  /* Else the first category that is not a channel name (Outlook's category colours). */
+  for (size_t c = 0; !post->campaign && c < src->n_cats; c++)
+    if (!cp_config_channel(p->opts->cfg, src->cats[c]))
+      post->campaign = src->cats[c];
   post->options = src->desc->options;
   post->n_options = src->desc->n_options;
   post->file = src->file;

@@ -92,6 +92,22 @@ def one_post(ctx, lead=2.0, channel_keys=None, settings=None, text="hello receiv
     return env, T, env.pid("p1")
 
 
+def test_utm_parameters_on_links_of_listed_domains(ctx):
+    """`utm = yes`: links to the listed domains get utm_source (the channel), utm_medium,
+    utm_campaign (the event's campaign) and utm_content (the post id); other links are left."""
+    text = ("Read https://example.org/blog?x=1#top and https://other.net/page\n\n"
+            "[calpost]\ncampaign = spring")
+    env, T, pid = one_post(ctx, channel_keys={"utm": "yes", "utm_domains": "example.org"},
+                           text=text)
+    env.start()
+    env.wait_state(pid, "sent", 15)
+    body = env.server.requests()[0]["body"]
+    want = ("https://example.org/blog?x=1&utm_source=a&utm_medium=social&utm_campaign=spring"
+            "&utm_content=%s#top" % pid)
+    assert want in body, body
+    assert "https://other.net/page" in body and "other.net/page?" not in body, body
+
+
 def test_429_retry_after_seconds_waits_then_succeeds(ctx):
     env, T, pid = one_post(ctx)
     env.server.script([{"status": 429, "headers": {"Retry-After": "1"},
