@@ -7,5 +7,7 @@ int cp_cli_plan(int argc, char **argv);
 int cp_cli_check(int argc, char **argv);
 int cp_cli_run(int argc, char **argv);
 int cp_cli_channels(int argc, char **argv);
+int cp_cli_report(int argc, char **argv);
+int cp_cli_feed(int argc, char **argv);
 
 #endif

@@ -22,6 +22,8 @@ static const struct command commands[] = {
     {"retry", cp_cli_retry, "queue a failed, missed or unknown post again"},
     {"skip", cp_cli_skip, "never publish a pending post"},
     {"confirm", cp_cli_confirm, "accept a plan change the daemon held"},
+    {"report", cp_cli_report, "measure what went out: on time, failures, engagement"},
+    {"feed", cp_cli_feed, "write an iCalendar feed of the published posts"},
 };
 
 static void usage(FILE *out) {

@@ -860,7 +860,7 @@ static void teardown(struct cp_sync *s, void (*done)(void *arg), void *arg) {
     finish_stop(s);
 }
 
-static void base_name(const char *calendar, const char *source, char *out, size_t len) {
+void cp_sync_base_name(const char *calendar, const char *source, char *out, size_t len) {
   unsigned char h[HASH_LEN];
   char cal[128];
   size_t i;
@@ -909,7 +909,7 @@ static int source_prepare(struct cp_sync *s, struct source *src, const struct cp
   src->source = strdup(in->source);
   if (!src->calendar || !src->source)
     return CP_ENOMEM;
-  base_name(in->calendar, in->source, base, sizeof base);
+  cp_sync_base_name(in->calendar, in->source, base, sizeof base);
   if (asprintf(&src->good_path, "%s/%s.ics", s->cal_dir, base) < 0 ||
       asprintf(&src->cand_path, "%s/%s.new", s->cal_dir, base) < 0 ||
       asprintf(&src->meta_path, "%s/%s.meta", s->cal_dir, base) < 0)

@@ -87,4 +87,9 @@ struct cp_sync_info {
 /* Copies the info of source into *out. Returns 0 or CP_EINVAL (unknown source). */
 int cp_sync_source_info(struct cp_sync *s, const char *source, struct cp_sync_info *out);
 
+/* The base name of the files kept for source of calendar in <state_dir>/calendars/ (the last
+ * good copy is "<base>.ics"): the calendar name made file-safe, '-', 12 hex digits of SHA-256 of
+ * the source. */
+void cp_sync_base_name(const char *calendar, const char *source, char *out, size_t len);
+
 #endif
