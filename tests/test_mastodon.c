@@ -998,6 +998,176 @@ static void config_errors_are_reported(void **state) {
   f->mh.instance = NULL;
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id,
+                                   const char *remote_url) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_mastodon.engagement(mh->instance, remote_id, remote_url, &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+/* The one request of an engagement read: GET of the status, with the token, nothing posted. */
+static void assert_status_get(struct fixture *f, const char *path) {
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+  assert_string_equal(json_string_value(json_object_get(r, "path")), path);
+  assert_string_equal(testserver_header(r, "Authorization"), "Bearer " TOKEN);
+  assert_string_equal(testserver_header(r, "Accept"), "application/json");
+  assert_null(testserver_header(r, "Idempotency-Key"));
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+  json_decref(reqs);
+}
+
+static void engagement_reads_the_counts(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_mastodon.caps & CP_CAP_ENGAGEMENT);
+  connect_with(f, NULL);
+  /* A Mastodon 4.5 status (abridged), with quotes_count. */
+  testserver_script(
+      &f->ts, "[{\"path\": \"/api/v1/statuses/109876543210\", \"json\": {\"id\": \"109876543210\", "
+              "\"url\": \"https://example.social/@calpost/109876543210\", \"visibility\": "
+              "\"public\", \"replies_count\": 3, \"reblogs_count\": 12, \"favourites_count\": 45, "
+              "\"quotes_count\": 2, \"content\": \"<p>Staffel 2</p>\"}}]");
+  struct cp_result res =
+      engagement(f, "109876543210", "https://example.social/@calpost/109876543210");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.replies, 3);
+  assert_int_equal(res.reposts, 12);
+  assert_int_equal(res.likes, 45);
+  assert_int_equal(res.quotes, 2);
+  assert_int_equal(res.views, -1); /* Mastodon counts no views */
+  assert_status_get(f, "/api/v1/statuses/109876543210");
+  assert_string_equal(f->mh.progress, ""); /* an engagement read stores nothing */
+
+  /* Before 4.5 there is no quotes_count; a count that is missing or not a number is -1, not 0. */
+  testserver_script(&f->ts, "[{\"json\": {\"id\": \"7\", \"replies_count\": 0, "
+                            "\"reblogs_count\": null, \"favourites_count\": \"9\"}}]");
+  res = engagement(f, "7", "");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_true(res.has_engagement);
+  assert_int_equal(res.replies, 0);
+  assert_int_equal(res.reposts, -1);
+  assert_int_equal(res.likes, -1);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  assert_status_get(f, "/api/v1/statuses/7");
+  assert_null(strstr(f->mh.log, TOKEN));
+}
+
+static void engagement_of_a_thread_reads_its_first_part(void **state) {
+  struct fixture *f = *state;
+  connect_with(f, NULL);
+  login(f, 500, 23);
+  char *text = long_text();
+  char answers_json[4096], script[4200];
+  status_answers(answers_json, sizeof answers_json, 1, 3);
+  snprintf(script, sizeof script, "[%s]", answers_json);
+  testserver_script(&f->ts, script);
+  struct cp_post post = text_post(text, NULL, 0);
+  post.thread = true;
+  struct cp_result pub = publish_fresh(f, &post);
+  assert_int_equal(pub.outcome, CP_OUTCOME_OK);
+  assert_int_equal(n_requests_to(f, "POST", "/api/v1/statuses"), 3);
+
+  /* What publish reported is what engagement gets: the thread's first part. */
+  testserver_script(&f->ts, "[{\"path\": \"/api/v1/statuses/101\", \"json\": {\"id\": \"101\", "
+                            "\"replies_count\": 1, \"reblogs_count\": 2, \"favourites_count\": 3, "
+                            "\"quotes_count\": 0}}]");
+  struct cp_result res = engagement(f, pub.remote_id, pub.remote_url);
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.likes, 3);
+  assert_int_equal(res.quotes, 0);
+  assert_status_get(f, "/api/v1/statuses/101");
+  free(text);
+}
+
+static const struct answer engagement_answers[] = {
+    {"[{\"status\": 401, \"json\": {\"error\": \"The access token is invalid\"}}]", CP_OUTCOME_AUTH,
+     401, 0, 0, "HTTP 401: The access token is invalid"},
+    /* A token made with write scopes only may post but not read: PERMANENT, not AUTH (which
+     * would pause the channel's posts). */
+    {"[{\"status\": 403, \"json\": {\"error\": \"This action is outside the authorized "
+     "scopes\"}}]",
+     CP_OUTCOME_PERMANENT, 403, 0, 0, "needs a token with the read:statuses scope"},
+    {"[{\"status\": 404, \"json\": {\"error\": \"Record not found\"}}]", CP_OUTCOME_PERMANENT, 404,
+     0, 0, "status 55: the post was deleted: HTTP 404: Record not found"},
+    {"[{\"status\": 429, \"headers\": {\"X-RateLimit-Limit\": \"300\", \"X-RateLimit-Remaining\": "
+     "\"0\", \"X-RateLimit-Reset\": \"2023-11-14T22:18:20.500000Z\"}, \"json\": {\"error\": "
+     "\"Too many requests\"}}]",
+     CP_OUTCOME_RATE_LIMITED, 429, 0, MOCK_WALL_MS + 300500, "Too many requests"},
+    {"[{\"status\": 503, \"body\": \"<!DOCTYPE html><p>down for maintenance</p>\"}]",
+     CP_OUTCOME_RETRY, 503, 0, 0, "HTTP 503"},
+    /* A read that got no answer changed nothing: RETRY, never UNKNOWN. */
+    {"[{\"reset\": true, \"repeat\": true}]", CP_OUTCOME_RETRY, 0, -ECONNRESET, 0, "reset"},
+    {"[{\"delay\": 3, \"status\": 200}]", CP_OUTCOME_RETRY, 0, -ETIMEDOUT, 0, "timed out"},
+    {"[{\"status\": 200, \"body\": \"<html>proxy page</html>\"}]", CP_OUTCOME_RETRY, 200, CP_EPARSE,
+     0, "not a status"},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  const char *extra[] = {"timeout", "800ms", NULL};
+  connect_with(f, extra);
+
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct answer *a = &engagement_answers[i];
+    print_message("answer %zu: %s\n", i, a->script);
+    testserver_script(&f->ts, a->script);
+    struct cp_result res = engagement(f, "55", "https://example.social/@calpost/55");
+    assert_string_equal(cp_outcome_name(res.outcome), cp_outcome_name(a->outcome));
+    assert_false(res.has_engagement);
+    if (a->status)
+      assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.err, a->err);
+    assert_int_equal(res.retry_at_ms, a->retry_at_ms);
+    if (!strstr(res.message, a->message))
+      fail_msg("message '%s' lacks '%s'", res.message, a->message);
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    assert_true(json_array_size(reqs) >= 1);
+    json_array_foreach(reqs, k, r) {
+      assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+      assert_string_equal(json_string_value(json_object_get(r, "path")), "/api/v1/statuses/55");
+    }
+    json_decref(reqs);
+  }
+  assert_null(strstr(f->mh.log, TOKEN));
+
+  /* An id publish cannot have reported is refused at once, without a request or completion. */
+  testserver_script(&f->ts, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(cp_connector_mastodon.engagement(f->mh.instance, "../admin", "", &req),
+                   CP_EINVAL);
+  assert_int_equal(cp_connector_mastodon.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  assert_int_equal(n_requests(f), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(publishes_a_status_with_its_options, setup, teardown),
@@ -1017,6 +1187,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(login_check_verifies_the_token, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_checks_options_and_media, setup, teardown),
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_reads_the_counts, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_of_a_thread_reads_its_first_part, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

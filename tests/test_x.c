@@ -1058,6 +1058,192 @@ static void max_chars_overrides_the_limit(void **state) {
   assert_non_null(strstr(diags, "X allows 100"));
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+#define TWEET "1445880548472328192"
+#define LOOKUP "/2/tweets/" TWEET "?tweet.fields=public_metrics"
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id,
+                                   const char *remote_url) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_x.engagement(mh->instance, remote_id, remote_url, &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+/* The recorded requests are exactly one signed GET of the post's public metrics. */
+static void assert_lookup(struct fixture *f) {
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+  assert_string_equal(req_path(r), LOOKUP);
+  assert_signed(f, r); /* the query is part of the signature */
+  assert_string_equal(testserver_header(r, "Accept"), "application/json");
+  assert_null(testserver_header(r, "Content-Type"));
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+  json_decref(reqs);
+}
+
+static void engagement_reads_public_metrics(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_x.caps & CP_CAP_ENGAGEMENT);
+  assert_int_equal(connect_x(f, NULL), 0);
+  /* What publish reported is what engagement gets. */
+  struct cp_post post = text_post("0123456789abcdef", "Launch day!");
+  testserver_script(&f->ts, "[{\"status\": 201, \"json\": {\"data\": {\"id\": \"" TWEET "\", "
+                            "\"text\": \"Launch day!\"}}}]");
+  struct cp_result pub = mock_host_publish(&f->mh, &post);
+  assert_int_equal(pub.outcome, CP_OUTCOME_OK);
+
+  testserver_script(
+      &f->ts, "[{\"path\": \"/2/tweets/" TWEET "\", \"json\": {\"data\": {\"id\": \"" TWEET "\", "
+              "\"text\": \"Launch day!\", \"edit_history_tweet_ids\": [\"" TWEET "\"], "
+              "\"public_metrics\": {\"retweet_count\": 4, \"reply_count\": 2, \"like_count\": 31, "
+              "\"quote_count\": 1, \"bookmark_count\": 3, \"impression_count\": 1520}}}}]");
+  spy.n = 0;
+  struct cp_result res = engagement(f, pub.remote_id, pub.remote_url);
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.replies, 2);
+  assert_int_equal(res.reposts, 4);
+  assert_int_equal(res.likes, 31);
+  assert_int_equal(res.quotes, 1);
+  assert_int_equal(res.views, 1520);
+  assert_lookup(f);
+  assert_int_equal(spy.n, 1);
+
+  /* Counts X leaves out (older answers have no impression_count) are -1, not 0. */
+  testserver_script(&f->ts, "[{\"json\": {\"data\": {\"id\": \"" TWEET "\", \"public_metrics\": "
+                            "{\"retweet_count\": 0, \"reply_count\": 0, \"like_count\": null}}}}]");
+  res = engagement(f, TWEET, "");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_true(res.has_engagement);
+  assert_int_equal(res.replies, 0);
+  assert_int_equal(res.reposts, 0);
+  assert_int_equal(res.likes, -1);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  assert_lookup(f);
+  /* Without public_metrics at all: every count unknown. */
+  testserver_script(&f->ts, "[{\"json\": {\"data\": {\"id\": \"" TWEET "\", \"text\": \"x\"}}}]");
+  res = engagement(f, TWEET, "");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.replies, -1);
+  assert_int_equal(res.views, -1);
+  assert_null(strstr(f->mh.log, CS));
+  assert_null(strstr(f->mh.log, AS));
+}
+
+struct eng_answer {
+  const char *script;
+  enum cp_outcome outcome;
+  long status;
+  int err;
+  int64_t retry_at_ms;
+  const char *message; /* substring */
+};
+
+static const struct eng_answer engagement_answers[] = {
+    {"[{\"status\": 401, \"json\": {\"title\": \"Unauthorized\", \"type\": \"about:blank\", "
+     "\"status\": 401, \"detail\": \"Unauthorized\"}}]",
+     CP_OUTCOME_AUTH, 401, 0, 0, "engagement of post " TWEET ": HTTP 401: Unauthorized"},
+    /* An access level without post lookup: PERMANENT, not AUTH (which would pause the
+     * channel's posts). */
+    {"[{\"status\": 403, \"json\": {\"client_id\": \"1\", \"detail\": \"When authenticating "
+     "requests to the Twitter API v2 endpoints, you must use keys and tokens from a Twitter "
+     "developer App that is attached to a Project.\", \"reason\": \"client-not-enrolled\", "
+     "\"title\": \"Client Forbidden\", \"type\": "
+     "\"https://api.twitter.com/2/problems/client-forbidden\", \"required_enrollment\": "
+     "\"Appropriate Level of API Access\"}}]",
+     CP_OUTCOME_PERMANENT, 403, 0, 0,
+     "HTTP 403: the app may not look posts up (it needs a project and an X API access level with "
+     "post lookup): When authenticating"},
+    {"[{\"status\": 429, \"headers\": {\"x-rate-limit-limit\": \"15\", \"x-rate-limit-remaining\": "
+     "\"0\", \"x-rate-limit-reset\": \"1700000600\"}, \"json\": {\"title\": \"Too Many Requests\", "
+     "\"detail\": \"Too Many Requests\", \"type\": \"about:blank\", \"status\": 429}}]",
+     CP_OUTCOME_RATE_LIMITED, 429, 0, 1700000600000LL, "15-minute limit reached"},
+    /* A deleted post: 200 with only errors[]. */
+    {"[{\"json\": {\"errors\": [{\"value\": \"" TWEET "\", \"detail\": \"Could not find tweet "
+     "with id: [" TWEET "].\", \"title\": \"Not Found Error\", \"resource_type\": \"tweet\", "
+     "\"parameter\": \"id\", \"resource_id\": \"" TWEET "\", \"type\": "
+     "\"https://api.twitter.com/2/problems/resource-not-found\"}]}}]",
+     CP_OUTCOME_PERMANENT, 200, 0, 0, "the post was deleted (Could not find tweet"},
+    {"[{\"status\": 404, \"json\": {\"title\": \"Not Found Error\", \"type\": \"about:blank\", "
+     "\"status\": 404, \"detail\": \"Not Found\"}}]",
+     CP_OUTCOME_PERMANENT, 404, 0, 0, "(the post was deleted)"},
+    {"[{\"json\": {\"errors\": [{\"value\": \"" TWEET "\", \"detail\": \"Sorry, you are not "
+     "authorized to see the Tweet with id: [" TWEET "].\", \"title\": \"Authorization Error\", "
+     "\"resource_type\": \"tweet\", \"parameter\": \"id\", \"type\": "
+     "\"https://api.twitter.com/2/problems/not-authorized-for-resource\"}]}}]",
+     CP_OUTCOME_PERMANENT, 200, 0, 0, "X does not show the post"},
+    {"[{\"status\": 503, \"json\": {\"title\": \"Service Unavailable\", \"detail\": \"Service "
+     "Unavailable\", \"type\": \"about:blank\", \"status\": 503}}]",
+     CP_OUTCOME_RETRY, 503, 0, 0, "HTTP 503: Service Unavailable"},
+    /* A read whose answer got lost changed nothing: RETRY, not UNKNOWN. */
+    {"[{\"reset\": true, \"repeat\": true}]", CP_OUTCOME_RETRY, 0, -ECONNRESET, 0,
+     "engagement of post " TWEET ": "},
+    {"[{\"status\": 200, \"body\": \"{not json\"}]", CP_OUTCOME_RETRY, 200, CP_EPARSE, 0,
+     "without the post in the answer"},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  assert_int_equal(connect_x(f, NULL), 0);
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct eng_answer *a = &engagement_answers[i];
+    print_message("answer %zu: %.80s\n", i, a->script);
+    testserver_script(&f->ts, a->script);
+    struct cp_result res = engagement(f, TWEET, "https://x.com/i/web/status/" TWEET);
+    if (!strstr(res.message, a->message))
+      fail_msg("message '%s' lacks '%s'", res.message, a->message);
+    assert_string_equal(cp_outcome_name(res.outcome), cp_outcome_name(a->outcome));
+    assert_false(res.has_engagement);
+    assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.err, a->err);
+    assert_int_equal(res.retry_at_ms, a->retry_at_ms);
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    assert_true(json_array_size(reqs) >= 1);
+    json_array_foreach(reqs, k, r) {
+      assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+      assert_string_equal(req_path(r), LOOKUP);
+    }
+    json_decref(reqs);
+  }
+
+  /* What publish cannot have reported is refused at once: no request, no completion. */
+  testserver_script(&f->ts, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(cp_connector_x.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_x.engagement(f->mh.instance, "12/../../2/users/me", "", &req),
+                   CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 0);
+  json_decref(reqs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(publishes_a_post, setup, teardown),
@@ -1076,6 +1262,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_checks_without_io, setup, teardown),
       cmocka_unit_test_setup_teardown(max_chars_overrides_the_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_reads_public_metrics, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,7 +29,13 @@
  *
  * Threads: an over-long text with thread = yes is split (cp_text_split, graphemes) and posted as
  * a reply chain; each part has its own record key, and "1=<uri>|<cid>;2=..." is saved as progress
- * after each part, so a later attempt continues where the last one stopped. */
+ * after each part, so a later attempt continues where the last one stopped.
+ *
+ * Engagement: app.bsky.feed.getPosts?uris=<the post's at:// URI> (remote_id; for a thread its
+ * first part) with the session's token, sent to the PDS, which passes app.bsky.* on to its
+ * AppView: only the AppView indexes the likes, reposts and replies that live in other accounts'
+ * repositories. A PDS without an AppView answers 400 "No service configured". A deleted post is
+ * missing from the answer's posts. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -84,6 +90,7 @@ enum step {
   ST_UPLOAD,  /* com.atproto.repo.uploadBlob */
   ST_PUT,     /* com.atproto.repo.putRecord */
   ST_GET,     /* com.atproto.repo.getRecord, after InvalidSwap */
+  ST_POSTS,   /* app.bsky.feed.getPosts (engagement) */
 };
 
 static const char *const step_nsid[] = {
@@ -96,6 +103,7 @@ static const char *const step_nsid[] = {
     [ST_UPLOAD] = "com.atproto.repo.uploadBlob",
     [ST_PUT] = "com.atproto.repo.putRecord",
     [ST_GET] = "com.atproto.repo.getRecord",
+    [ST_POSTS] = "app.bsky.feed.getPosts",
 };
 
 enum facet_kind { F_LINK, F_MENTION, F_TAG };
@@ -116,7 +124,8 @@ struct part_ref {
 struct job {
   struct bsky *b;
   const struct cp_publish_req *req;
-  const struct cp_post *post; /* NULL for a login check */
+  const struct cp_post *post; /* NULL for a login check or an engagement read */
+  char *uri;                  /* the post whose engagement is read, or NULL */
   uv_timer_t timer;           /* defers the first step out of publish(); closed at the end */
   enum step step;
   bool auth_retried; /* the request in progress was already repeated after a new token */
@@ -712,6 +721,7 @@ static void job_closed(uv_handle_t *h) {
   }
   free(j->refs);
   json_decref(j->images);
+  free(j->uri);
   free(j);
 }
 
@@ -744,6 +754,9 @@ static void finish(struct job *j, struct cp_result *res) {
     else
       host->log(host, CP_LOG_WARN, "post %s not published (%s): %s", j->post_id,
                 cp_outcome_name(res->outcome), res->message);
+  } else if (j->uri && res->outcome != CP_OUTCOME_OK) {
+    host->log(host, CP_LOG_INFO, "engagement of %s not read (%s): %s", j->uri,
+              cp_outcome_name(res->outcome), res->message);
   }
   j->step = ST_NONE;
   const struct cp_publish_req *req = j->req;
@@ -950,6 +963,11 @@ static void run(struct job *j) {
     err = start_login(j);
     goto check;
   }
+  if (j->uri) {
+    const char *q[] = {"uris", j->uri, NULL};
+    err = xrpc(j, ST_POSTS, "GET", q, NULL, NULL, 0, b->access, false);
+    goto check;
+  }
   if (!j->post) {
     err = xrpc(j, ST_CHECK, "GET", NULL, NULL, NULL, 0, b->access, false);
     goto check;
@@ -1119,8 +1137,49 @@ static void part_done(struct job *j, const char *uri, const char *cid) {
   run(j);
 }
 
+/* A count of a post view, or -1 if the AppView does not give it. */
+static int64_t count_of(json_t *view, const char *key) {
+  json_t *v = json_object_get(view, key);
+  return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
+}
+
+/* Completes an engagement read from the getPosts answer {"posts": [postView, ...]}. */
+static void posts_read(struct job *j, const struct cp_http_resp *resp, json_t *root) {
+  json_t *posts = json_object_get(root, "posts"), *view = NULL, *p;
+  size_t i;
+
+  if (!json_is_array(posts)) {
+    finish_with(j, CP_OUTCOME_RETRY, CP_EPARSE, "%s: HTTP %ld, but the answer has no posts",
+                step_nsid[ST_POSTS], resp->status);
+    return;
+  }
+  json_array_foreach(posts, i, p) {
+    if (!strcmp(jstr(p, "uri"), j->uri))
+      view = p;
+  }
+  if (!view && json_array_size(posts) == 1 && json_is_object(json_array_get(posts, 0)))
+    view = json_array_get(posts, 0); /* the same post, named by a handle instead of the DID */
+  if (!view) {
+    /* getPosts leaves out what it cannot find instead of failing. */
+    finish_with(j, CP_OUTCOME_PERMANENT, 0, "%s: the post was deleted (%s is not found)",
+                step_nsid[ST_POSTS], j->uri);
+    return;
+  }
+  struct cp_result res;
+  memset(&res, 0, sizeof res);
+  res.outcome = CP_OUTCOME_OK;
+  res.http_status = resp->status;
+  res.has_engagement = true;
+  res.replies = count_of(view, "replyCount");
+  res.reposts = count_of(view, "repostCount");
+  res.likes = count_of(view, "likeCount");
+  res.quotes = count_of(view, "quoteCount");
+  res.views = -1; /* Bluesky counts no views */
+  finish(j, &res);
+}
+
 static bool needs_token(enum step s) {
-  return s == ST_CHECK || s == ST_UPLOAD || s == ST_PUT;
+  return s == ST_CHECK || s == ST_UPLOAD || s == ST_PUT || s == ST_POSTS;
 }
 
 static void on_response(const struct cp_http_resp *resp, void *data) {
@@ -1181,6 +1240,15 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
           return;
         }
         break;
+      case ST_POSTS:
+        if (resp->status == 400 && strstr(jstr(a.root, "message"), "No service configured")) {
+          char m[CP_RESULT_MESSAGE_MAX + 96];
+          snprintf(m, sizeof m,
+                   "%s (this PDS has no AppView, which alone counts likes and reposts)",
+                   a.res.message);
+          cp_connector_copy_text(a.res.message, sizeof a.res.message, m, strlen(m));
+        }
+        break;
       case ST_PUT:
         if (!strcmp(a.error, "InvalidSwap") && b->did) {
           /* The key holds another record: this post from an earlier attempt, or a collision? */
@@ -1207,7 +1275,7 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
                     step_nsid[step], resp->status);
         break;
       }
-      if (!j->post && step == ST_LOGIN) {
+      if (!j->post && !j->uri && step == ST_LOGIN) {
         finish_with(j, CP_OUTCOME_OK, 0, "logged in as %s", b->handle ? b->handle : b->did);
         break;
       }
@@ -1215,6 +1283,9 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
       break;
     case ST_CHECK:
       finish_with(j, CP_OUTCOME_OK, 0, "session of %s is valid", b->handle ? b->handle : b->did);
+      break;
+    case ST_POSTS:
+      posts_read(j, resp, a.root);
       break;
     case ST_RESOLVE: {
       struct facet *f = &j->facets[j->resolving];
@@ -1416,6 +1487,37 @@ static int bsky_login_check(void *instance, const struct cp_publish_req *req) {
   return 0;
 }
 
+/* The at:// URI of an app.bsky.feed.post record, as publish reports it in remote_id. */
+static bool post_uri(const char *s) {
+  static const char coll[] = "/" POST_COLLECTION "/";
+  if (!s || strncmp(s, "at://", 5) || strlen(s) >= CP_RESULT_ID_MAX)
+    return false;
+  const char *c = strstr(s + 5, coll);
+  if (!c || c == s + 5 || !c[sizeof coll - 1] || strchr(c + sizeof coll - 1, '/'))
+    return false;
+  for (const char *p = s; *p; p++)
+    if ((unsigned char)*p <= ' ' || *p == '?' || *p == '#')
+      return false;
+  return true;
+}
+
+static int bsky_engagement(void *instance, const char *remote_id, const char *remote_url,
+                           const struct cp_publish_req *req) {
+  (void)remote_url; /* a bsky.app URL names the account by its handle, which can change */
+  if (!post_uri(remote_id))
+    return CP_EINVAL;
+  struct job *j = job_new(instance, req, NULL);
+  if (!j)
+    return CP_ENOMEM;
+  j->uri = strdup(remote_id);
+  if (!j->uri) {
+    free(j);
+    return CP_ENOMEM;
+  }
+  job_start(j);
+  return 0;
+}
+
 /* Expired and invalid tokens come back as 400 (not 401) with the reason in "error". */
 static enum cp_outcome bsky_classify(void *instance, const struct cp_http_resp *resp,
                                      enum cp_outcome dflt) {
@@ -1435,7 +1537,7 @@ const struct cp_connector cp_connector_bluesky = {
     .description = "Bluesky / AT Protocol posts (app password): facets, images, link cards, "
                    "threads",
     /* putRecord under a key derived from the post makes every resend a no-op. */
-    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA | CP_CAP_THREADS,
+    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA | CP_CAP_THREADS | CP_CAP_ENGAGEMENT,
     .init = bsky_init,
     .validate = bsky_validate,
     .publish = bsky_publish,
@@ -1443,4 +1545,5 @@ const struct cp_connector cp_connector_bluesky = {
     .login_check = bsky_login_check,
     .free = bsky_free,
     .post_options = post_options,
+    .engagement = bsky_engagement,
 };

@@ -19,6 +19,9 @@
  *                                              202: still processing, url null
  *   GET  /api/v1/media/:id                     poll until it has a url (206 while processing)
  *   POST /api/v1/statuses                      JSON, with an Idempotency-Key per part
+ *   GET  /api/v1/statuses/:id                  engagement: replies_count, reblogs_count,
+ *                                              favourites_count, quotes_count (4.5+); needs
+ *                                              the read:statuses scope
  *
  * Progress (host->save_progress) is "m1=<media id>;1=<status id>;2=<status id>;url=<escaped URL
  * of part 1>": media uploaded for part 1 (dropped once part 1 is out) and the parts published, so
@@ -81,8 +84,9 @@ struct masto {
 struct job {
   struct masto *m;
   const struct cp_publish_req *req;
-  const struct cp_post *post; /* NULL for a login check */
+  const struct cp_post *post; /* NULL for a login check or an engagement read */
   uv_timer_t *timer;          /* media polls; its close callback completes the job */
+  char status_id[ID_MAX];     /* the status whose engagement is read; "" otherwise */
   struct cp_result res;       /* the result handed to complete() */
   char key[128];              /* the post's idempotency key */
   /* Status options. */
@@ -420,8 +424,8 @@ static int masto_init(const struct cp_host *host, const struct cp_connector_conf
     m->token = NULL;
     host->log(host, CP_LOG_ERROR,
               "%s:%d: [channel %s] needs token_file or token_env: an access token with the "
-              "scopes write:statuses and write:media (Preferences > Development > New "
-              "application)",
+              "scopes write:statuses, write:media and read:statuses (Preferences > Development "
+              "> New application)",
               conf->file, conf->line, conf->name);
     goto config;
   }
@@ -580,6 +584,9 @@ static void finish(struct job *j, const struct cp_result *res) {
     else
       m->host->log(m->host, CP_LOG_WARN, "post %s not published (%s): %s", j->post->id,
                    cp_outcome_name(res->outcome), res->message);
+  } else if (j->status_id[0] && res->outcome != CP_OUTCOME_OK) {
+    m->host->log(m->host, CP_LOG_INFO, "engagement of status %s not read (%s): %s", j->status_id,
+                 cp_outcome_name(res->outcome), res->message);
   }
   uv_timer_stop(j->timer);
   uv_close((uv_handle_t *)j->timer, on_timer_closed);
@@ -1282,6 +1289,83 @@ static int masto_login_check(void *instance, const struct cp_publish_req *req) {
   return 0;
 }
 
+/* ---- engagement ---------------------------------------------------------------------------- */
+
+/* A count of the status, or -1 if the server does not give it (quotes_count before 4.5). */
+static int64_t count_of(json_t *status, const char *key) {
+  json_t *v = json_object_get(status, key);
+  return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
+}
+
+static void on_engagement(const struct cp_http_resp *resp, void *data) {
+  struct job *j = data;
+  struct cp_result res;
+  char what[160];
+
+  http_result(j, resp, &res);
+  /* A read changes nothing: an answer that got lost is simply asked again. */
+  if (res.outcome == CP_OUTCOME_UNKNOWN)
+    res.outcome = CP_OUTCOME_RETRY;
+  if (res.outcome != CP_OUTCOME_OK) {
+    snprintf(what, sizeof what, "status %s", j->status_id);
+    if (resp->status == 404)
+      snprintf(what, sizeof what, "status %s: the post was deleted", j->status_id);
+    else if (res.outcome == CP_OUTCOME_AUTH && resp->status == 403) {
+      /* The token posts but may not read (made with write scopes only): not a reason to pause
+       * the channel's posts, which AUTH would do. */
+      res.outcome = CP_OUTCOME_PERMANENT;
+      snprintf(what, sizeof what,
+               "status %s: reading it needs a token with the read:statuses scope", j->status_id);
+    }
+    prefix_message(&res, what);
+    finish(j, &res);
+    return;
+  }
+  json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  char id[ID_MAX];
+  if (!json_is_object(root) || !json_id(root, id)) {
+    json_decref(root);
+    char buf[160];
+    snprintf(buf, sizeof buf, "status %s: HTTP %ld, but the answer is not a status", j->status_id,
+             resp->status);
+    res.outcome = CP_OUTCOME_RETRY;
+    res.err = CP_EPARSE;
+    cp_connector_copy_text(res.message, sizeof res.message, buf, strlen(buf));
+    finish(j, &res);
+    return;
+  }
+  memset(&res, 0, sizeof res);
+  res.outcome = CP_OUTCOME_OK;
+  res.http_status = resp->status;
+  res.has_engagement = true;
+  res.replies = count_of(root, "replies_count");
+  res.reposts = count_of(root, "reblogs_count");
+  res.likes = count_of(root, "favourites_count");
+  res.quotes = count_of(root, "quotes_count");
+  res.views = -1; /* Mastodon counts no views */
+  json_decref(root);
+  finish(j, &res);
+}
+
+/* GET /api/v1/statuses/:id of the status publish reported (for a thread, its first part). */
+static int masto_engagement(void *instance, const char *remote_id, const char *remote_url,
+                            const struct cp_publish_req *req) {
+  struct masto *m = instance;
+  char path[64 + ID_MAX];
+
+  (void)remote_url;
+  if (!remote_id || !valid_id(remote_id, strlen(remote_id)))
+    return CP_EINVAL; /* not an id this connector reported */
+  struct job *j = job_new(m, req, NULL);
+  if (!j)
+    return CP_ENOMEM;
+  snprintf(j->status_id, sizeof j->status_id, "%s", remote_id);
+  snprintf(path, sizeof path, "/api/v1/statuses/%s", remote_id);
+  /* A failure to start completes through the timer's close callback, never from in here. */
+  send_request(j, "GET", path, NULL, NULL, 0, NULL, m->timeout_ms, on_engagement);
+  return 0;
+}
+
 /* Mastodon answers 403 "This action is not allowed" for a post it refuses (a reply it does not
  * permit); other 403s are about the token, its scopes or the account. */
 static enum cp_outcome masto_classify(void *instance, const struct cp_http_resp *resp,
@@ -1301,7 +1385,7 @@ const struct cp_connector cp_connector_mastodon = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "mastodon",
     .description = "Mastodon statuses: visibility, content warnings, threads, media with alt text",
-    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA | CP_CAP_THREADS,
+    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA | CP_CAP_THREADS | CP_CAP_ENGAGEMENT,
     .init = masto_init,
     .validate = masto_validate,
     .publish = masto_publish,
@@ -1309,4 +1393,5 @@ const struct cp_connector cp_connector_mastodon = {
     .login_check = masto_login_check,
     .free = masto_free,
     .post_options = post_options,
+    .engagement = masto_engagement,
 };

@@ -19,7 +19,11 @@
  * X has no idempotency key. The create request therefore always goes on a fresh connection (a
  * dead kept-alive one would be resent silently), and after each part the ids published so far
  * are saved ("1=<id>;2=<id>"), so that a retry continues after them instead of posting again.
- * An identical text is refused with 403 "duplicate content": permanent (it is probably there). */
+ * An identical text is refused with 403 "duplicate content": permanent (it is probably there).
+ *
+ * Engagement: GET {api_base}/2/tweets/:id?tweet.fields=public_metrics, signed like the rest:
+ * reply_count, retweet_count, like_count, quote_count and impression_count. A deleted post comes
+ * back as 200 with only errors[] (a resource-not-found problem), or as 404. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -72,7 +76,8 @@ enum media_kind { KIND_IMAGE, KIND_GIF, KIND_VIDEO };
 struct job {
   struct x *x;
   const struct cp_publish_req *req;
-  const struct cp_post *post; /* NULL for a login check */
+  const struct cp_post *post; /* NULL for a login check or an engagement read */
+  bool engagement;            /* an engagement read of ids[0] */
   char **parts;               /* the text of each post of the thread */
   size_t n_parts;
   char (*ids)[ID_MAX]; /* per part: the id once published, "" before */
@@ -626,7 +631,11 @@ static void on_timer_closed(uv_handle_t *h) {
 /* Completes with j->res, after closing the timer if there is one. */
 static void finish(struct job *j) {
   const struct cp_host *host = j->x->host;
-  if (!j->post)
+  if (j->engagement) {
+    if (j->res.outcome != CP_OUTCOME_OK)
+      host->log(host, CP_LOG_INFO, "engagement not read (%s): %s", cp_outcome_name(j->res.outcome),
+                j->res.message);
+  } else if (!j->post)
     host->log(host, j->res.outcome == CP_OUTCOME_OK ? CP_LOG_INFO : CP_LOG_WARN,
               "login check: %s: %s", cp_outcome_name(j->res.outcome), j->res.message);
   else if (j->res.outcome == CP_OUTCOME_OK)
@@ -692,10 +701,24 @@ static bool step_ok(struct job *j, const struct cp_http_resp *resp) {
   host->http_result(j->req, resp, &j->res);
   if (j->res.outcome == CP_OUTCOME_OK)
     return true;
+  /* A read that got no answer changed nothing: simply ask again. */
+  if (j->engagement && j->res.outcome == CP_OUTCOME_UNKNOWN)
+    j->res.outcome = CP_OUTCOME_RETRY;
+  /* An access level that may post but not look posts up: not a reason to pause the channel's
+   * posts, which AUTH would do (a 401 is). */
+  bool read_refused = j->engagement && j->res.outcome == CP_OUTCOME_AUTH && resp->status == 403;
+  if (read_refused)
+    j->res.outcome = CP_OUTCOME_PERMANENT;
   if (resp->status) {
     json_t *root = body_json(resp);
     error_text(root, text, sizeof text);
-    if (resp->status == 403 && is_duplicate(root))
+    if (j->engagement && resp->status == 404)
+      snprintf(hint, sizeof hint, " (the post was deleted)");
+    else if (read_refused) /* first: X's own text is long */
+      snprintf(hint, sizeof hint,
+               ": the app may not look posts up (it needs a project and an X "
+               "API access level with post lookup)");
+    else if (resp->status == 403 && is_duplicate(root))
       snprintf(hint, sizeof hint,
                " (X refuses duplicate content: the same text was posted "
                "before, possibly by an earlier attempt)");
@@ -708,8 +731,12 @@ static bool step_ok(struct job *j, const struct cp_http_resp *resp) {
                " (the app needs Read and Write permission and a project; "
                "regenerate the access token after changing it)");
     json_decref(root);
-    snprintf(msg, sizeof msg, "%s: HTTP %ld%s%s%s", j->what, resp->status, text[0] ? ": " : "",
-             text[0] ? text : "", hint);
+    if (read_refused)
+      snprintf(msg, sizeof msg, "%s: HTTP %ld%s%s%s", j->what, resp->status, hint,
+               text[0] ? ": " : "", text);
+    else
+      snprintf(msg, sizeof msg, "%s: HTTP %ld%s%s%s", j->what, resp->status, text[0] ? ": " : "",
+               text[0] ? text : "", hint);
   } else {
     snprintf(msg, sizeof msg, "%s: %s", j->what, j->res.message);
   }
@@ -1293,12 +1320,88 @@ static int x_login_check(void *instance, const struct cp_publish_req *req) {
   return err;
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+/* A count of public_metrics, or -1 if X does not give it. */
+static int64_t count_of(json_t *metrics, const char *key) {
+  json_t *v = json_object_get(metrics, key);
+  return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
+}
+
+/* The type of the first problem in errors[] ends with suffix. */
+static bool problem_is(json_t *root, const char *suffix) {
+  const char *type = json_string_value(
+      json_object_get(json_array_get(json_object_get(root, "errors"), 0), "type"));
+  size_t tl = type ? strlen(type) : 0, sl = strlen(suffix);
+  return tl >= sl && !strcmp(type + tl - sl, suffix);
+}
+
+static void on_metrics(const struct cp_http_resp *resp, void *data) {
+  struct job *j = data;
+  char text[200];
+
+  if (!step_ok(j, resp))
+    return;
+  json_t *root = body_json(resp);
+  json_t *d = json_object_get(root, "data");
+  json_t *pm = json_object_get(d, "public_metrics");
+  if (!json_is_object(d)) {
+    /* X answers a post it cannot show with 200 and only errors[]. */
+    bool gone = problem_is(root, "/resource-not-found");
+    bool hidden = problem_is(root, "/not-authorized-for-resource");
+    error_text(root, text, sizeof text);
+    json_decref(root);
+    if (gone)
+      fail(j, CP_OUTCOME_PERMANENT, 0, "%s: the post was deleted (%s)", j->what, text);
+    else if (hidden)
+      fail(j, CP_OUTCOME_PERMANENT, 0, "%s: X does not show the post to this account (%s)", j->what,
+           text);
+    else
+      fail(j, CP_OUTCOME_RETRY, CP_EPARSE, "%s: HTTP %ld without the post in the answer%s%s",
+           j->what, resp->status, text[0] ? ": " : "", text);
+    return;
+  }
+  memset(&j->res, 0, sizeof j->res);
+  j->res.outcome = CP_OUTCOME_OK;
+  j->res.http_status = resp->status;
+  j->res.has_engagement = true;
+  j->res.replies = count_of(pm, "reply_count");
+  j->res.reposts = count_of(pm, "retweet_count");
+  j->res.likes = count_of(pm, "like_count");
+  j->res.quotes = count_of(pm, "quote_count");
+  j->res.views = count_of(pm, "impression_count");
+  json_decref(root);
+  finish(j);
+}
+
+static int x_engagement(void *instance, const char *remote_id, const char *remote_url,
+                        const struct cp_publish_req *req) {
+  struct x *x = instance;
+  char url[1024];
+
+  (void)remote_url;
+  if (!remote_id || !all_digits(remote_id, ID_MAX))
+    return CP_EINVAL; /* not an id this connector reported */
+  struct job *j = calloc(1, sizeof *j);
+  if (!j)
+    return CP_ENOMEM;
+  j->x = x;
+  j->req = req;
+  j->engagement = true;
+  snprintf(j->what, sizeof j->what, "engagement of post %s", remote_id);
+  snprintf(url, sizeof url, "%s/2/tweets/%s?tweet.fields=public_metrics", x->api_base, remote_id);
+  int err = send_signed(j, "GET", url, NULL, NULL, 0, POST_TIMEOUT_MS, on_metrics);
+  if (err)
+    job_free(j);
+  return err;
+}
+
 const struct cp_connector cp_connector_x = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "x",
     .description = "X (Twitter) posts through API v2, OAuth 1.0a; media with alt text, threads",
     /* No CP_CAP_IDEMPOTENT: X has no idempotency key (threads resume from saved progress). */
-    .caps = CP_CAP_MEDIA | CP_CAP_THREADS,
+    .caps = CP_CAP_MEDIA | CP_CAP_THREADS | CP_CAP_ENGAGEMENT,
     .init = x_init,
     .validate = x_validate,
     .publish = x_publish,
@@ -1306,4 +1409,5 @@ const struct cp_connector cp_connector_x = {
     .login_check = x_login_check,
     .free = x_free,
     .post_options = post_options,
+    .engagement = x_engagement,
 };
