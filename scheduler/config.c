@@ -133,7 +133,7 @@ static int parse_size(const char *v, int64_t *out) {
   char *end;
   errno = 0;
   double d = strtod(v, &end);
-  if (errno || end == v || d < 0)
+  if (errno || end == v || !(d >= 0) || d > 1e18) /* also refuses nan and inf */
     return CP_ECONFIG;
   while (*end == ' ')
     end++;
@@ -156,7 +156,7 @@ static int parse_size(const char *v, int64_t *out) {
   }
   if (toupper((unsigned char)*end) == 'B' || toupper((unsigned char)*end) == 'I')
     end += strspn(end, "iIbB");
-  if (*end)
+  if (*end || d * mul > 9.0e18)
     return CP_ECONFIG;
   *out = (int64_t)(d * mul);
   return 0;

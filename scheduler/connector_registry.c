@@ -254,8 +254,8 @@ int64_t cp_connector_retry_after(const char *value, int64_t now_ms) {
     return now_ms + (int64_t)secs * 1000;
   }
   time_t t = curl_getdate(p, NULL);
-  if (t == (time_t)-1)
-    return 0;
+  if (t == (time_t)-1 || t < 0 || (int64_t)t > INT64_MAX / 1000)
+    return 0; /* not a date any clock reaches */
   int64_t at = (int64_t)t * 1000;
   return at > now_ms ? at : now_ms;
 }

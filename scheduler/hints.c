@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -213,8 +214,8 @@ int cp_hints_header(struct cp_hints *h, const char *name, const char *value, int
         v += now_ms;
       } else {
         time_t t = curl_getdate(value, NULL); /* HTTP-date, RFC 9110 section 5.6.7 */
-        if (t == (time_t)-1)
-          return CP_EPARSE;
+        if (t == (time_t)-1 || t < 0 || (int64_t)t > INT64_MAX / 1000)
+          return CP_EPARSE; /* a year no clock reaches is not a date */
         v = (int64_t)t * 1000;
       }
       if (v > h->retry_after_ms)

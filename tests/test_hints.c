@@ -50,6 +50,9 @@ static void retry_after_delta_and_date(void **state) {
   cp_hints_init(&h);
   assert_int_equal(cp_hints_header(&h, "Retry-After", "soon", NOW), CP_EPARSE);
   assert_int_equal(cp_hints_header(&h, "Retry-After", "-5", NOW), CP_EPARSE);
+  /* A date in a year no clock reaches (found by fuzzing: the ms product overflowed). */
+  assert_int_equal(cp_hints_header(&h, "Retry-After", "Sun Nov  6 08:49:37 1700086400", NOW),
+                   CP_EPARSE);
   assert_int_equal(h.retry_at_ms, 0);
 }
 
