@@ -124,6 +124,18 @@ struct channel {
   bool utm_on;      /* `utm = yes`: links get utm_* parameters */
   struct cp_utm utm;
   char **utm_domains;
+  /* Posts held back by a rate limit, for /metrics; rl_waited is the post counted last, so that
+   * a long wait counts once. */
+  uint64_t rl_waits;
+  char rl_waited[CP_POST_ID_LEN + 1];
+  /* Engagement samples (see sample_channel): one at a time, after the channel's posts. */
+  bool sampling;                 /* the connector reads engagement and the channel wants it */
+  struct inflight *sample;       /* the sample in flight, or NULL */
+  int64_t sample_wake_ms;        /* when to look at the samples again; INT64_MAX: on an event */
+  int64_t sample_retry_ms;       /* the first sample failed: not before then */
+  int sample_fails;              /* failed attempts of the first sample */
+  int64_t sample_skip_ms;        /* when to record the samples that came too late, next */
+  struct cp_ratelimit sample_rl; /* what the server said in answers to samples */
 };
 
 /* The current plan and an index from post id to its position. Plans are shared with posts in
@@ -151,6 +163,10 @@ struct inflight {
   int attempts;
   bool notification;
   char *note_text; /* owned text of a notification */
+  bool sample;     /* an engagement sample of post.id at age_s, not a publish */
+  int64_t age_s;
+  char *remote_id; /* of the sample's post (owned) */
+  char *remote_url;
 };
 
 struct held {
@@ -195,7 +211,12 @@ struct daemon {
   bool held_active;
   bool good_only; /* read the last good copies, not the candidates waiting for review */
   int64_t horizon_refresh_ms;
+  uv_timer_t sample_timer; /* the next engagement sample of any channel */
+  int64_t ages_s[16];      /* engagement_ages in seconds, ascending */
+  size_t n_ages;           /* 0: no samples */
   char sock_path[4096];
+  struct cp_control_conf *control_conf;     /* [control]: TCP listener and token */
+  uint64_t n_refreshes, n_refresh_failures; /* plan reloads and failed ones (/metrics) */
 };
 
 static int64_t wall_ms(void) {
@@ -350,7 +371,7 @@ static int host_save_progress(const struct cp_publish_req *req, const char *prog
   struct inflight *f = req->host_data;
   if (!progress || strlen(progress) > 4096)
     return CP_EINVAL;
-  if (f->notification)
+  if (f->notification || f->sample)
     return 0;
   int rc = cp_store_set_progress(f->d->store, f->post.id, progress);
   if (rc < 0)
@@ -370,10 +391,13 @@ static void host_http_result(const struct cp_publish_req *req, const struct cp_h
     if (cp_hints_header(&h, resp->headers[i].name, resp->headers[i].value, now) < 0)
       logf_(CP_LOG_DEBUG, "channel %s: unreadable %s header ignored", f->ch->conf->name,
             resp->headers[i].name);
+  /* What the server says in answer to a sample holds back the channel's samples, not its
+   * posts. */
+  struct cp_ratelimit *rl = f->sample ? &f->ch->sample_rl : &f->ch->rl;
   if (h.remaining >= 0 && h.reset_ms > now)
-    cp_ratelimit_hint_remaining(&f->ch->rl, h.remaining, h.reset_ms, now);
+    cp_ratelimit_hint_remaining(rl, h.remaining, h.reset_ms, now);
   if (h.retry_at_ms > now) {
-    cp_ratelimit_block_until(&f->ch->rl, h.retry_at_ms);
+    cp_ratelimit_block_until(rl, h.retry_at_ms);
     if (res->retry_at_ms < h.retry_at_ms)
       res->retry_at_ms = h.retry_at_ms;
   }
@@ -560,7 +584,9 @@ out:
 static void reload(struct daemon *d, bool force) {
   struct plan_ref *pr;
   int rc = plan_load(d, &pr);
+  d->n_refreshes++;
   if (rc < 0) {
+    d->n_refresh_failures++;
     logf_(CP_LOG_ERROR, "plan: %s", cp_strerror(rc));
     return;
   }
@@ -652,8 +678,12 @@ static void record(struct daemon *d, const char *id, enum cp_outcome outcome, in
 static void finish(struct inflight *f) {
   struct daemon *d = f->d;
   d->n_inflight--;
-  if (f->ch && !f->notification)
+  if (f->sample)
+    f->ch->sample = NULL;
+  else if (f->ch && !f->notification)
     f->ch->busy = false;
+  free(f->remote_id);
+  free(f->remote_url);
   plan_unref(f->pr);
   free(f->note_text);
   free(f->progress);
@@ -689,6 +719,8 @@ static void on_flush(uv_idle_t *h);
 static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
                            int64_t now);
 static void arm(struct daemon *d);
+static void sample_schedule(struct daemon *d);
+static void settle_sample(struct inflight *f, const struct cp_result *res);
 
 /* A connector finished: results are recorded in groups, once per loop iteration, so a burst
  * of completions costs one disk sync. */
@@ -778,6 +810,10 @@ static void on_flush(uv_idle_t *h) {
 
 /* Records the outcome of one attempt (inside the flush batch). */
 static void settle(struct inflight *f, const struct cp_result *res) {
+  if (f->sample) {
+    settle_sample(f, res);
+    return;
+  }
   struct daemon *d = f->d;
   struct channel *ch = f->ch;
   int64_t now = wall_ms();
@@ -790,6 +826,7 @@ static void settle(struct inflight *f, const struct cp_result *res) {
       break;
     case CP_OUTCOME_RATE_LIMITED: {
       int64_t until = res->retry_at_ms > now ? res->retry_at_ms : 0;
+      ch->rl_waits++;
       if (until)
         cp_ratelimit_block_until(&ch->rl, until);
       retry_or_fail(f, res, until);
@@ -899,6 +936,20 @@ static void on_fire(uv_timer_t *t) {
     fire(f);
 }
 
+/* When the channel's configured rate (`rate = N/T`) lets a request start, with `pending`
+ * requests in flight whose answers have not come back: the answer to the (N - pending)-th latest
+ * finished request must be T old. 0: at once; INT64_MAX: only after a pending answer. */
+static int64_t window_ready(const struct channel *ch, size_t pending) {
+  if (!ch->rate_n)
+    return 0;
+  if (pending >= ch->rate_n)
+    return INT64_MAX;
+  size_t need = ch->rate_n - pending;
+  if (ch->ring_len < need)
+    return 0;
+  return ch->done_at[(ch->ring_pos + ch->rate_n - need) % ch->rate_n] + ch->rate_ms;
+}
+
 /* Looks at one channel inside the open batch: marks posts past their grace missed, claims the
  * first due post if the channel is free and its rate limit allows (returned, to be fired after
  * the commit), and sets ch->wake_ms. */
@@ -935,10 +986,16 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
   int64_t hint = cp_ratelimit_wait_ms(&ch->rl, now);
   if (hint > 0 && now + hint > at)
     at = now + hint;
-  if (ch->rate_n && ch->ring_len == ch->rate_n) {
-    int64_t ready = ch->done_at[ch->ring_pos] + ch->rate_ms; /* the oldest of the last N */
-    if (ready > at)
-      at = ready;
+  int64_t ready = window_ready(ch, ch->sample ? 1 : 0); /* a sample in flight counts too */
+  if (ready > at)
+    at = ready;
+  if (at == INT64_MAX) { /* `rate = 1/T` and a sample in flight: its answer looks again */
+    cp_store_post_free(next);
+    return NULL;
+  }
+  if (at > (next->next_ms > now ? next->next_ms : now) && strcmp(ch->rl_waited, next->id)) {
+    ch->rl_waits++; /* once per post, however often the channel is looked at while it waits */
+    snprintf(ch->rl_waited, sizeof ch->rl_waited, "%s", next->id);
   }
   /* The claim's disk sync happens ahead of time, so the request leaves at `at`. */
   if (at - now > d->claim_ahead_ms)
@@ -993,6 +1050,7 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
 
 /* Arms the one timer for the earliest channel wake-up; nothing runs while idle. */
 static void arm(struct daemon *d) {
+  sample_schedule(d); /* a post's answer, a new plan or a resume may free a sample too */
   int64_t wake = INT64_MAX;
   for (size_t i = 0; i < d->n_ch; i++)
     if (d->ch[i].wake_ms < wake)
@@ -1033,6 +1091,345 @@ static void on_timer(uv_timer_t *t) {
   if (d->plan)
     schedule_where(d, pick_due, now);
   arm(d);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Engagement samples: the audience's response to each published post, read through the    */
+/* connector at fixed ages after it went out (engagement_ages). Posts come first.           */
+
+/* A sample's answer comes within this (the connectors' request timeouts are shorter). */
+#define SAMPLE_GUARD_MS 60000
+/* How often the samples that came too late are looked for (a walk over all sent posts). */
+#define SAMPLE_SKIP_EVERY_MS 3600000
+/* Samples settled at once without a request (no remote id) per look at a channel. */
+#define SAMPLE_BURST 64
+
+static void on_sample_timer(uv_timer_t *t);
+
+/* "1h", "7d", "90s": an age for people. */
+static void format_age(int64_t age_s, char *buf, size_t len) {
+  if (age_s % 86400 == 0)
+    snprintf(buf, len, "%" PRId64 "d", age_s / 86400);
+  else if (age_s % 3600 == 0)
+    snprintf(buf, len, "%" PRId64 "h", age_s / 3600);
+  else if (age_s % 60 == 0)
+    snprintf(buf, len, "%" PRId64 "m", age_s / 60);
+  else
+    snprintf(buf, len, "%" PRId64 "s", age_s);
+}
+
+/* Records a sample of ch (counts NULL: skipped for good). Returns whether it was recorded; if
+ * not, the channel's samples wait a minute rather than ask the server again and again. */
+static bool sample_record(struct daemon *d, struct channel *ch, const char *post_id, int64_t age_s,
+                          const struct cp_store_engagement *counts) {
+  if (cp_store_record_engagement(d->store, post_id, age_s, wall_ms(), counts) < 0) {
+    logf_(CP_LOG_ERROR, "post %s: cannot record its engagement: %s", post_id,
+          cp_store_errmsg(d->store));
+    ch->sample_retry_ms = wall_ms() + 60000;
+    return false;
+  }
+  ch->sample_fails = 0;
+  ch->sample_retry_ms = 0;
+  return true;
+}
+
+/* Starts sample s through the connector; its outcome comes back through on_complete. */
+static void sample_start(struct daemon *d, struct channel *ch, const struct cp_store_sample *s) {
+  struct inflight *f = calloc(1, sizeof *f);
+  if (!f || !(f->remote_id = strdup(s->remote_id)) ||
+      !(f->remote_url = strdup(s->remote_url ? s->remote_url : ""))) {
+    if (f)
+      free(f->remote_id);
+    free(f);
+    ch->sample_wake_ms = wall_ms() + 60000;
+    return;
+  }
+  f->d = d;
+  f->ch = ch;
+  f->sample = true;
+  f->age_s = s->age_s;
+  f->due_ms = s->due_ms;
+  f->attempts = ch->sample_fails + 1;
+  memcpy(f->post.id, s->post_id, sizeof f->post.id);
+  f->post.channel = ch->conf->name;
+  f->req.host = &d->host;
+  f->req.attempt = (unsigned)f->attempts;
+  f->req.idempotency_key = "";
+  f->req.host_data = f;
+  f->req.progress = "";
+  ch->sample = f;
+  d->n_inflight++;
+  int rc = ch->conn->engagement(ch->inst, f->remote_id, f->remote_url, &f->req);
+  if (rc < 0) {
+    struct cp_result res = {.outcome = rc == CP_EINVAL ? CP_OUTCOME_PERMANENT : CP_OUTCOME_RETRY,
+                            .err = rc};
+    snprintf(res.message, sizeof res.message, "could not start: %s", cp_strerror(rc));
+    on_complete(&f->req, &res);
+  }
+}
+
+/* Looks at the samples of one channel and starts the first one if it is due and the channel can
+ * take it: no post of the channel in flight or claimed, the rate window and the server's hints
+ * allow a request now, and the window keeps room for the channel's next post at its time (a
+ * sample waits for a post, a post never waits for a sample). Sets ch->sample_wake_ms; INT64_MAX
+ * when only an event (a post's answer, a plan change, a resume) can change the picture. */
+static void sample_channel(struct daemon *d, struct channel *ch, int64_t now) {
+  ch->sample_wake_ms = INT64_MAX;
+  if (!ch->sampling || ch->sample || d->stopping)
+    return;
+  const char *name = ch->conf->name;
+  if (now >= ch->sample_skip_ms) {
+    size_t n = 0;
+    ch->sample_skip_ms = now + SAMPLE_SKIP_EVERY_MS;
+    if (cp_store_skip_engagement(d->store, &name, 1, d->ages_s, d->n_ages, now, &n) < 0)
+      logf_(CP_LOG_ERROR, "channel %s: cannot record the late engagement samples: %s", name,
+            cp_store_errmsg(d->store));
+    else if (n)
+      logf_(CP_LOG_INFO,
+            "channel %s: %zu engagement sample(s) skipped: more than %lld days past their time",
+            name, n, CP_STORE_ENGAGEMENT_LATE_MS / 86400000);
+  }
+  for (int i = 0; i < SAMPLE_BURST; i++) {
+    struct cp_store_sample *s = NULL;
+    int rc = cp_store_next_engagement(d->store, &name, 1, d->ages_s, d->n_ages, now, &s);
+    if (rc == CP_ENOTFOUND)
+      return;
+    if (rc < 0) {
+      logf_(CP_LOG_ERROR, "channel %s: cannot read the engagement samples: %s", name,
+            cp_store_errmsg(d->store));
+      ch->sample_wake_ms = now + 60000;
+      return;
+    }
+    int64_t at = s->next_ms > ch->sample_retry_ms ? s->next_ms : ch->sample_retry_ms;
+    int64_t hint = cp_ratelimit_wait_ms(&ch->rl, now),
+            own = cp_ratelimit_wait_ms(&ch->sample_rl, now);
+    if (own > hint)
+      hint = own;
+    if (now + hint > at)
+      at = now + hint;
+    int64_t ready = window_ready(ch, 0);
+    if (ready > at)
+      at = ready;
+    if (at > now || ch->busy) {
+      ch->sample_wake_ms = ch->busy ? INT64_MAX : at; /* a busy channel's answer looks again */
+      cp_store_sample_free(s);
+      return;
+    }
+    if (!s->remote_id || !*s->remote_id) {
+      char age[24];
+      format_age(s->age_s, age, sizeof age);
+      if (sample_record(d, ch, s->post_id, s->age_s, NULL))
+        logf_(CP_LOG_INFO,
+              "post %s on %s: engagement after %s skipped: the platform gave no id for the post",
+              s->post_id, name, age);
+      cp_store_sample_free(s);
+      continue; /* if it could not be recorded, sample_retry_ms makes the next turn wait */
+    }
+    struct cp_store_post *next = NULL;
+    if (cp_store_next_due(d->store, name, &next) == 0) {
+      int64_t post_at = next->next_ms;
+      hint = cp_ratelimit_wait_ms(&ch->rl, now);
+      if (now + hint > post_at)
+        post_at = now + hint;
+      int64_t room_at = window_ready(ch, 1); /* when the window has room beside this sample */
+      if (room_at == INT64_MAX)
+        room_at = now + SAMPLE_GUARD_MS + ch->rate_ms; /* rate = 1/T: after the sample's answer */
+      cp_store_post_free(next);
+      if (room_at > post_at) {
+        cp_store_sample_free(s); /* after the post: its answer looks again */
+        return;
+      }
+    }
+    sample_start(d, ch, s);
+    cp_store_sample_free(s);
+    return;
+  }
+  ch->sample_wake_ms = now; /* a burst of samples without ids: the rest on the next turn */
+}
+
+/* Looks at every channel's samples and arms the one sample timer for the earliest wake-up;
+ * nothing runs while no sample is to come. */
+static void sample_schedule(struct daemon *d) {
+  int64_t now = wall_ms(), wake = INT64_MAX;
+  for (size_t i = 0; i < d->n_ch; i++) {
+    sample_channel(d, &d->ch[i], now);
+    if (d->ch[i].sample_wake_ms < wake)
+      wake = d->ch[i].sample_wake_ms;
+  }
+  if (wake == INT64_MAX || d->stopping) {
+    uv_timer_stop(&d->sample_timer);
+    return;
+  }
+  timer_at(d, &d->sample_timer, on_sample_timer, wake);
+}
+
+static void on_sample_timer(uv_timer_t *t) {
+  struct daemon *d = t->data;
+  /* Recording a sample syncs to disk: not while a post is about to leave. */
+  int64_t now = wall_ms(), soon = next_fire(d);
+  if (soon != INT64_MAX && soon - now < 50) {
+    timer_at(d, &d->sample_timer, on_sample_timer, soon + 2);
+    return;
+  }
+  sample_schedule(d);
+}
+
+/* Records the outcome of one sample (inside the flush batch) and logs one line. */
+static void settle_sample(struct inflight *f, const struct cp_result *res) {
+  struct daemon *d = f->d;
+  struct channel *ch = f->ch;
+  int64_t now = wall_ms();
+  char age[24];
+  format_age(f->age_s, age, sizeof age);
+  enum cp_outcome outcome = res->outcome;
+  const char *msg = res->message;
+  if (outcome == CP_OUTCOME_OK && !res->has_engagement) {
+    outcome = CP_OUTCOME_PERMANENT;
+    msg = "the connector gave no counts";
+  }
+  switch (outcome) {
+    case CP_OUTCOME_OK: {
+      struct cp_store_engagement c = {res->replies, res->reposts, res->likes, res->quotes,
+                                      res->views};
+      const int64_t v[] = {c.replies, c.reposts, c.likes, c.quotes, c.views};
+      static const char *const names[] = {"replies", "reposts", "likes", "quotes", "views"};
+      char counts[256] = "";
+      size_t len = 0;
+      for (int i = 0; i < 5; i++)
+        if (v[i] >= 0 && len < sizeof counts)
+          len += (size_t)snprintf(counts + len, sizeof counts - len, "%s%s %" PRId64,
+                                  len ? ", " : "", names[i], v[i]);
+      if (sample_record(d, ch, f->post.id, f->age_s, &c))
+        logf_(CP_LOG_INFO, "post %s on %s: engagement after %s: %s", f->post.id, ch->conf->name,
+              age, len ? counts : "no counts");
+      break;
+    }
+    case CP_OUTCOME_RATE_LIMITED:
+    case CP_OUTCOME_RETRY:
+    case CP_OUTCOME_UNKNOWN: { /* a read changes nothing: asking again is harmless */
+      int64_t not_before = res->retry_at_ms > now ? res->retry_at_ms : 0, at;
+      if (outcome == CP_OUTCOME_RATE_LIMITED && not_before)
+        cp_ratelimit_block_until(&ch->sample_rl, not_before);
+      struct cp_backoff b = d->backoff;
+      b.max_lateness_ms = -1; /* samples have their own late limit */
+      if (outcome == CP_OUTCOME_RATE_LIMITED)
+        b.max_attempts = 0; /* the server works, it only asks for patience */
+      if (cp_backoff_next(&b, ++ch->sample_fails, now, f->due_ms, not_before, &at) < 0) {
+        if (sample_record(d, ch, f->post.id, f->age_s, NULL))
+          logf_(CP_LOG_WARN, "post %s on %s: engagement after %s skipped after %d attempts: %s",
+                f->post.id, ch->conf->name, age, f->attempts, msg);
+        break;
+      }
+      ch->sample_retry_ms = at;
+      logf_(CP_LOG_INFO, "post %s on %s: engagement after %s: %s (%s), retry in %" PRId64 " s",
+            f->post.id, ch->conf->name, age, cp_outcome_name(outcome), msg,
+            (at - now + 999) / 1000);
+      break;
+    }
+    case CP_OUTCOME_AUTH:
+      /* As for a post: the channel pauses; the sample is taken after `calpost resume`. */
+      cp_store_channel_pause(d->store, ch->conf->name, 0, "credentials rejected");
+      logf_(CP_LOG_ERROR, "channel %s paused: credentials rejected (%s)", ch->conf->name, msg);
+      notify(d,
+             "calpost: channel %s is paused: its credentials were rejected (%s). Fix them, "
+             "then `calpost resume %s`.",
+             ch->conf->name, msg, ch->conf->name);
+      break;
+    case CP_OUTCOME_PERMANENT:
+      if (sample_record(d, ch, f->post.id, f->age_s, NULL))
+        logf_(CP_LOG_INFO,
+              "post %s on %s: engagement after %s cannot be read (%s); not asked again", f->post.id,
+              ch->conf->name, age, msg);
+      break;
+  }
+}
+
+/* The line of key in section s, for messages (0 if absent). */
+static int key_line(const struct cp_section *s, const char *key) {
+  int line = 0;
+  for (size_t i = 0; s && i < s->n_kv; i++)
+    if (!strcmp(s->kv[i].key, key))
+      line = s->kv[i].line;
+  return line;
+}
+
+/* [calpost] engagement_ages: when to sample each published post, as a list of durations after
+ * it went out ("1h, 1d, 7d", the default), or "none". Whole seconds, at most 16, each once. */
+static int engagement_ages(struct daemon *d, const struct cp_section *s) {
+  const char *v = cp_section_get(s, "engagement_ages");
+  int line = key_line(s, "engagement_ages");
+  char buf[512], *save = NULL;
+  d->n_ages = 0;
+  if (snprintf(buf, sizeof buf, "%s", v ? v : "1h, 1d, 7d") >= (int)sizeof buf) {
+    logf_(CP_LOG_ERROR, "%s:%d: engagement_ages: the list is too long", d->cfg->path, line);
+    return CP_ECONFIG;
+  }
+  for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    while (isspace((unsigned char)*tok))
+      tok++;
+    for (size_t n = strlen(tok); n && isspace((unsigned char)tok[n - 1]); n--)
+      tok[n - 1] = '\0';
+    if (!strcmp(tok, "none") && d->n_ages == 0 && !strtok_r(NULL, ",", &save))
+      return 0;
+    int64_t ms = 0;
+    if (cp_daemon_parse_duration(tok, &ms) < 0 || ms < 1000 || ms % 1000 ||
+        ms > 3650LL * 86400000) {
+      logf_(CP_LOG_ERROR,
+            "%s:%d: engagement_ages: '%s' is not an age of whole seconds up to ten years (for "
+            "example: engagement_ages = 1h, 1d, 7d; or none)",
+            d->cfg->path, line, tok);
+      return CP_ECONFIG;
+    }
+    size_t at = 0;
+    while (at < d->n_ages && d->ages_s[at] < ms / 1000)
+      at++;
+    if (at < d->n_ages && d->ages_s[at] == ms / 1000) {
+      logf_(CP_LOG_ERROR, "%s:%d: engagement_ages: '%s' is listed twice", d->cfg->path, line, tok);
+      return CP_ECONFIG;
+    }
+    if (d->n_ages == sizeof d->ages_s / sizeof d->ages_s[0]) {
+      logf_(CP_LOG_ERROR, "%s:%d: engagement_ages: at most %zu ages", d->cfg->path, line,
+            sizeof d->ages_s / sizeof d->ages_s[0]);
+      return CP_ECONFIG;
+    }
+    memmove(&d->ages_s[at + 1], &d->ages_s[at], (d->n_ages - at) * sizeof d->ages_s[0]);
+    d->ages_s[at] = ms / 1000;
+    d->n_ages++;
+  }
+  if (d->n_ages == 0) {
+    logf_(CP_LOG_ERROR, "%s:%d: engagement_ages: no ages (write none to take no samples)",
+          d->cfg->path, line);
+    return CP_ECONFIG;
+  }
+  return 0;
+}
+
+/* [channel] engagement = yes | no: whether the channel's posts are sampled (yes where the
+ * connector can read engagement). */
+static int engagement_setting(struct daemon *d, struct channel *ch) {
+  const struct cp_section *s = ch->conf->section;
+  const char *v = cp_section_get(s, "engagement");
+  bool can = (ch->conn->caps & CP_CAP_ENGAGEMENT) && ch->conn->engagement, want = true;
+  if (v) {
+    if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "on")) {
+      want = true;
+    } else if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "off")) {
+      want = false;
+    } else {
+      logf_(CP_LOG_ERROR, "%s:%d: [channel %s] engagement: '%s' is neither yes nor no",
+            d->cfg->path, key_line(s, "engagement"), ch->conf->name, v);
+      return CP_ECONFIG;
+    }
+    if (want && !can)
+      logf_(CP_LOG_WARN,
+            "%s:%d: [channel %s] engagement = %s: the %s connector cannot read engagement; no "
+            "samples are taken",
+            d->cfg->path, key_line(s, "engagement"), ch->conf->name, v, ch->conf->type);
+  }
+  ch->sampling = can && want && !ch->notify_only && d->n_ages > 0;
+  ch->sample_wake_ms = INT64_MAX;
+  cp_ratelimit_init(&ch->sample_rl, 0, 1000, 1, wall_ms()); /* hints only */
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1116,6 +1513,9 @@ static int ctl_status(void *arg, json_t **out) {
                   (json_int_t)st->counts[CP_STORE_FAILED], "missed",
                   (json_int_t)st->counts[CP_STORE_MISSED], "unknown",
                   (json_int_t)st->counts[CP_STORE_UNKNOWN]));
+    if (ch->sampling) /* the entry just appended */
+      json_object_set_new(json_array_get(chans, json_array_size(chans) - 1), "engagement_samples",
+                          json_integer((json_int_t)st->samples));
     cp_store_channel_status_free(st);
   }
   json_t *held = json_array();
@@ -1209,6 +1609,26 @@ static int ctl_confirm(void *arg, json_t **out) {
   return 200;
 }
 
+/* The counters of /metrics that only the daemon knows. */
+static int ctl_stats(void *arg, json_t **out) {
+  struct daemon *d = arg;
+  json_t *chans = json_array();
+  for (size_t i = 0; chans && i < d->n_ch; i++)
+    json_array_append_new(chans, json_pack("{s:s,s:s,s:I}", "name", d->ch[i].conf->name, "type",
+                                           d->ch[i].conf->type, "rate_limit_waits",
+                                           (json_int_t)d->ch[i].rl_waits));
+  *out = json_pack("{s:I,s:I,s:b,s:o*}", "plan_refreshes", (json_int_t)d->n_refreshes,
+                   "plan_refresh_failures", (json_int_t)d->n_refresh_failures, "plan_held",
+                   d->held_active, "channels", chans);
+  return *out ? 200 : 500;
+}
+
+static const char *ctl_title(void *arg, const char *id) {
+  struct daemon *d = arg;
+  struct cp_post post;
+  return plan_find(d->plan, id, &post) ? post.title : NULL;
+}
+
 static const struct cp_control_ops control_ops = {
     .status = ctl_status,
     .pause = ctl_pause,
@@ -1216,6 +1636,8 @@ static const struct cp_control_ops control_ops = {
     .retry = ctl_retry,
     .skip = ctl_skip,
     .confirm = ctl_confirm,
+    .stats = ctl_stats,
+    .title = ctl_title,
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1229,6 +1651,7 @@ static void on_sync_changed(void *arg, const char *calendar, const char *source)
 
 static void on_sync_failed(void *arg, const char *calendar, const char *source, const char *why) {
   struct daemon *d = arg;
+  d->n_refresh_failures++;
   logf_(CP_LOG_WARN, "calendar %s: refresh of %s failed: %s; the last good copy stays", calendar,
         source, why);
   notify(d, "calpost: calendar %s could not be refreshed from %s: %s. The last good copy stays.",
@@ -1264,6 +1687,7 @@ static void on_signal(uv_signal_t *s, int signum) {
   d->stopping = true;
   uv_timer_stop(&d->timer);
   uv_timer_stop(&d->horizon);
+  uv_timer_stop(&d->sample_timer);
   if (d->n_inflight == 0)
     uv_stop(d->loop);
   else
@@ -1414,6 +1838,8 @@ static int start_channels(struct daemon *d) {
     uv_timer_init(d->loop, &ch->fire_timer);
     ch->fire_timer.data = ch;
     ch->notify_only = cp_section_get(cc->section, "notify_only") != NULL;
+    if (engagement_setting(d, ch) < 0)
+      return CP_ECONFIG;
     if (utm_settings(d, ch) < 0)
       return CP_ECONFIG;
     if (notify_name && !strcmp(notify_name, cc->name))
@@ -1469,6 +1895,7 @@ static int read_settings(struct daemon *d) {
   rc |= setting_duration(d->cfg, s, "claim_ahead", 500, &d->claim_ahead_ms);
   rc |= setting_duration(d->cfg, s, "horizon_refresh", 86400000, &d->horizon_refresh_ms);
   rc |= media_settings(d->cfg, s, &d->media);
+  rc |= engagement_ages(d, s);
   if (d->horizon_refresh_ms < 60000)
     d->horizon_refresh_ms = 60000;
   if (rc)
@@ -1537,6 +1964,11 @@ int cp_daemon_run(const char *config_path) {
                              .save_progress = host_save_progress};
   if (read_settings(d) < 0 || lock_state(d) < 0)
     goto out_loop;
+  if (cp_control_conf_read(d->cfg, &d->control_conf, err, sizeof err) < 0) {
+    logf_(CP_LOG_ERROR, "%s", err);
+    goto out_loop;
+  }
+  remember_secret(d->control_conf->token);
   if (cp_store_open(NULL, d->cfg->state_dir, &d->store, err, sizeof err) < 0) {
     logf_(CP_LOG_ERROR, "state database: %s", err);
     goto out_loop;
@@ -1546,6 +1978,8 @@ int cp_daemon_run(const char *config_path) {
   if (start_channels(d) < 0)
     goto out_loop;
   uv_timer_init(d->loop, &d->timer);
+  uv_timer_init(d->loop, &d->sample_timer);
+  d->sample_timer.data = d;
   uv_timer_init(d->loop, &d->horizon);
   uv_timer_init(d->loop, &d->stop_timer);
   uv_idle_init(d->loop, &d->flush);
@@ -1614,6 +2048,13 @@ int cp_daemon_run(const char *config_path) {
   if ((rc = cp_control_start(d->loop, d->sock_path, &control_ops, d, &d->control)) < 0)
     logf_(CP_LOG_WARN, "control socket %s: %s (status and pause will not work)", d->sock_path,
           cp_strerror(rc));
+  char where[128] = "";
+  if (d->control &&
+      cp_control_configure(d->control, d->control_conf, where, sizeof where, err, sizeof err) < 0)
+    logf_(CP_LOG_ERROR, "control: %s (the dashboard and /metrics over TCP will not work)", err);
+  else if (where[0])
+    logf_(CP_LOG_INFO, "control: dashboard, API and /metrics on http://%s/ (token required)",
+          where);
   logf_(CP_LOG_INFO, "calpost %s running: %zu channel(s), state in %s", CALPOST_VERSION, d->n_ch,
         d->cfg->state_dir);
   uv_run(d->loop, UV_RUN_DEFAULT);
@@ -1634,6 +2075,7 @@ out_loop:
     close_own(own[i]);
   for (size_t i = 0; i < d->n_ch; i++)
     close_own((uv_handle_t *)&d->ch[i].fire_timer);
+  close_own((uv_handle_t *)&d->sample_timer);
   uv_run(d->loop, UV_RUN_DEFAULT);
   for (size_t i = 0; i < d->n_ch; i++) {
     if (d->ch[i].conn && d->ch[i].inst)
@@ -1649,6 +2091,7 @@ out_loop:
   cp_store_close(d->store);
   cp_connector_registry_free(d->reg);
   free(d->held.why);
+  cp_control_conf_free(d->control_conf);
 out:
   free(d->loop);
   if (d->lock_fd >= 0)

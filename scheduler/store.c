@@ -276,6 +276,58 @@ int cp_store_set_progress(struct cp_store *s, const char *id, const char *progre
   return s->ops->set_progress(s, id, progress);
 }
 
+/* Ages beyond a century are a typo; the bound keeps age * 1000 + now far from overflowing. */
+#define MAX_AGE_S (100LL * 366 * 86400)
+
+static int check_samples(struct cp_store *s, const char *const *channels, size_t n_channels,
+                         const int64_t *ages_s, size_t n_ages) {
+  if (!channels || !n_channels || !ages_s || !n_ages)
+    return cp__store_fail(s, CP_EINVAL, "store: engagement: no channels or no ages");
+  for (size_t i = 0; i < n_channels; i++)
+    if (!channels[i])
+      return cp__store_fail(s, CP_EINVAL, "store: engagement: channel %zu is NULL", i);
+  for (size_t i = 0; i < n_ages; i++)
+    if (ages_s[i] <= 0 || ages_s[i] > MAX_AGE_S)
+      return cp__store_fail(s, CP_EINVAL, "store: engagement: age %lld s is out of range",
+                            (long long)ages_s[i]);
+  return 0;
+}
+
+int cp_store_next_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                             const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                             struct cp_store_sample **out) {
+  ENTER(s, NULL, false);
+  int err = check_samples(s, channels, n_channels, ages_s, n_ages);
+  if (err < 0)
+    return err;
+  if (!out)
+    return CP_EINVAL;
+  return s->ops->next_engagement(s, channels, n_channels, ages_s, n_ages, now_ms, out);
+}
+
+int cp_store_record_engagement(struct cp_store *s, const char *post_id, int64_t age_s,
+                               int64_t sampled_ms, const struct cp_store_engagement *counts) {
+  ENTER(s, post_id, true);
+  if (age_s <= 0 || age_s > MAX_AGE_S)
+    return cp__store_fail(s, CP_EINVAL, "store: engagement: age %lld s is out of range",
+                          (long long)age_s);
+  return s->ops->record_engagement(s, post_id, age_s, sampled_ms, counts);
+}
+
+int cp_store_skip_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                             const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                             size_t *skipped) {
+  ENTER(s, NULL, false);
+  int err = check_samples(s, channels, n_channels, ages_s, n_ages);
+  if (err < 0)
+    return err;
+  size_t n = 0;
+  err = s->ops->skip_engagement(s, channels, n_channels, ages_s, n_ages, now_ms, &n);
+  if (err == 0 && skipped)
+    *skipped = n;
+  return err;
+}
+
 int cp_store_meta_set(struct cp_store *s, const char *key, const char *value) {
   ENTER(s, NULL, false);
   if (!key || !value)
@@ -334,6 +386,15 @@ void cp_store_channel_status_free(struct cp_store_channel_status *st) {
   free(st->pause_reason);
   free(st->error_message);
   free(st);
+}
+
+void cp_store_sample_free(struct cp_store_sample *sample) {
+  if (!sample)
+    return;
+  free(sample->channel);
+  free(sample->remote_id);
+  free(sample->remote_url);
+  free(sample);
 }
 
 int cp_store_batch_begin(struct cp_store *s) {

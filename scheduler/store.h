@@ -136,7 +136,39 @@ struct cp_store_channel_status {
   int64_t error_at_ms;
   enum cp_outcome error_outcome;
   int error_http_status;
-  char *error_message; /* may be NULL */
+  char *error_message;    /* may be NULL */
+  size_t samples;         /* engagement samples taken of the channel's posts */
+  size_t samples_skipped; /* engagement samples recorded without counts (deleted, too late) */
+};
+
+/* Engagement: counts of a published post's audience sampled at fixed ages after it went out
+ * (1 h, 1 d, 7 d, ...). A post's publish time is the time of its OK attempt. A sample that can
+ * never be taken (the post was deleted, it is too late) is recorded without counts, so it is
+ * not tried again. */
+
+/* A sample that is more than this late (after the post's publish time + the age) is no longer
+ * taken: the numbers would belong to another age. cp_store_skip_engagement records it. */
+#define CP_STORE_ENGAGEMENT_LATE_MS (2 * 86400000LL)
+
+/* One sample to take. Owned by the caller (cp_store_sample_free). */
+struct cp_store_sample {
+  char post_id[CP_POST_ID_LEN + 1];
+  char *channel;
+  char *remote_id;  /* the platform's id of the post, NULL if the publish gave none */
+  char *remote_url; /* NULL if the publish gave none */
+  int64_t age_s;
+  int64_t sent_ms; /* when the post was published */
+  int64_t due_ms;  /* sent_ms + age_s seconds */
+  int64_t next_ms; /* due_ms, or later while the channel is paused until then */
+};
+
+/* The counts of one sample; -1 where the platform does not say (stored as NULL). */
+struct cp_store_engagement {
+  int64_t replies;
+  int64_t reposts;
+  int64_t likes;
+  int64_t quotes;
+  int64_t views;
 };
 
 struct cp_store;
@@ -211,6 +243,29 @@ int cp_store_channel_pause(struct cp_store *s, const char *channel, int64_t unti
 /* Resumes a channel (a channel that was not paused is fine). */
 int cp_store_channel_resume(struct cp_store *s, const char *channel);
 
+/* The engagement sample of the posts of the n_channels channels that comes due first: a sent
+ * post and one of the n_ages ages (seconds, > 0) not sampled yet, smallest next_ms first (ties:
+ * post id, then age). Samples due more than CP_STORE_ENGAGEMENT_LATE_MS before now_ms are left
+ * out (see cp_store_skip_engagement), and so are the posts of a channel paused indefinitely;
+ * those of a channel paused until T count as due no earlier than T. Reads only the posts
+ * published within the largest age + the late limit, through an index. Returns 0 and sets *out
+ * (the caller frees it), CP_ENOTFOUND when there is no sample to take, CP_EINVAL for no channels
+ * or ages, or an age <= 0. */
+int cp_store_next_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                             const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                             struct cp_store_sample **out);
+/* Records the sample of post_id at age_s taken at sampled_ms: counts, or NULL for a sample that
+ * was skipped for good (its counts stay NULL). Recording it again replaces it. CP_ENOTFOUND for
+ * an unknown post, CP_EINVAL for age_s <= 0. */
+int cp_store_record_engagement(struct cp_store *s, const char *post_id, int64_t age_s,
+                               int64_t sampled_ms, const struct cp_store_engagement *counts);
+/* Records every sample of the listed channels and ages that is more than
+ * CP_STORE_ENGAGEMENT_LATE_MS late at now_ms, and not taken, as skipped (NULL counts, sampled at
+ * now_ms), in one transaction. Reads every post the channels published before then: call it
+ * rarely. Sets *skipped (if not NULL) to the number recorded. Arguments as next_engagement. */
+int cp_store_skip_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                             const int64_t *ages_s, size_t n_ages, int64_t now_ms, size_t *skipped);
+
 /* Group commit: the calls between batch_begin and batch_end form one transaction, so many
  * claims or records cost one disk sync. Nothing inside is durable (or visible to other
  * processes) before cp_store_batch_end(s, true) returns 0; a failed call inside the batch undoes
@@ -230,6 +285,7 @@ void cp_store_post_free(struct cp_store_post *p);
 void cp_store_posts_free(struct cp_store_posts *l);
 void cp_store_attempts_free(struct cp_store_attempts *l);
 void cp_store_channel_status_free(struct cp_store_channel_status *st);
+void cp_store_sample_free(struct cp_store_sample *sample);
 
 /* ---- For backends only. ---------------------------------------------------------------------
  * A backend embeds struct cp_store first in its own struct. The public functions check their
@@ -267,6 +323,13 @@ struct cp_store_ops {
   int (*batch_begin)(struct cp_store *s);
   int (*batch_end)(struct cp_store *s, bool ok);
   int (*set_progress)(struct cp_store *s, const char *id, const char *progress);
+  int (*next_engagement)(struct cp_store *s, const char *const *channels, size_t n_channels,
+                         const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                         struct cp_store_sample **out);
+  int (*record_engagement)(struct cp_store *s, const char *post_id, int64_t age_s,
+                           int64_t sampled_ms, const struct cp_store_engagement *counts);
+  int (*skip_engagement)(struct cp_store *s, const char *const *channels, size_t n_channels,
+                         const int64_t *ages_s, size_t n_ages, int64_t now_ms, size_t *skipped);
 };
 
 extern const struct cp_store_ops cp__store_sqlite_ops;

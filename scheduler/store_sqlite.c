@@ -83,6 +83,13 @@ static const char *const migrations[] = {
     "  quotes INTEGER,\n"
     "  views INTEGER,\n"
     "  PRIMARY KEY (post_id, age_s));\n",
+    /* 4: when a post was published (the time of its OK attempt), indexed for the engagement
+     * samples that come due after it: they read only the posts of the last days. */
+    "ALTER TABLE posts ADD COLUMN sent_ms INTEGER;\n"
+    "UPDATE posts SET sent_ms = (SELECT max(a.at_ms) FROM attempts a\n"
+    "                            WHERE a.post_id = posts.id AND a.outcome = 'ok')\n"
+    "WHERE state = 'sent';\n"
+    "CREATE INDEX posts_sent ON posts(channel, sent_ms, id) WHERE state = 'sent';\n",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -751,6 +758,7 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
     int n = run(q, "record attempt",
                 "UPDATE posts SET state = ?2, updated_ms = ?3, "
                 "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
+                "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
                 "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
                 "WHERE id = ?1 AND state = 'sending'",
                 "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id,
@@ -1011,6 +1019,24 @@ static int sq_channel_status(struct cp_store *s, const char *channel, int64_t no
     }
   }
   sqlite3_finalize(st);
+  st = NULL;
+  if (err == 0)
+    err = prep(q, &st, "count engagement samples",
+               "SELECT coalesce(sum(e.replies IS NOT NULL OR e.reposts IS NOT NULL OR "
+               "                    e.likes IS NOT NULL OR e.quotes IS NOT NULL OR "
+               "                    e.views IS NOT NULL), 0), count(*) "
+               "FROM engagement e JOIN posts p ON p.id = e.post_id WHERE p.channel = ?1",
+               "s", channel);
+  if (err == 0) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      cs->samples = (size_t)sqlite3_column_int64(st, 0);
+      cs->samples_skipped = (size_t)sqlite3_column_int64(st, 1) - cs->samples;
+    } else {
+      err = dberr(q, rc, "count engagement samples");
+    }
+  }
+  sqlite3_finalize(st);
   rollback(q); /* read-only: ending it either way is the same */
   if (err < 0) {
     cp_store_channel_status_free(cs);
@@ -1071,6 +1097,201 @@ static int sq_meta_get(struct cp_store *s, const char *key, char **value) {
   return err;
 }
 
+/* ---- Engagement samples ---------------------------------------------------------------------- */
+
+/* Whether channel is paused (*until: until then, 0 indefinitely). */
+static int read_pause(struct sq *q, const char *channel, bool *paused, int64_t *until) {
+  sqlite3_stmt *st;
+  *paused = false;
+  *until = 0;
+  int err = prep(q, &st, "read channel pause",
+                 "SELECT paused, paused_until_ms FROM channels WHERE name = ?1", "s", channel);
+  if (err < 0)
+    return err;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *paused = sqlite3_column_int64(st, 0) != 0;
+    *until = sqlite3_column_int64(st, 1);
+  } else if (rc != SQLITE_DONE) {
+    err = dberr(q, rc, "read channel pause");
+  }
+  sqlite3_finalize(st);
+  return err;
+}
+
+/* Whether a (next_ms, post id, age) sorts before b. */
+static bool sample_before(const struct cp_store_sample *a, const struct cp_store_sample *b) {
+  if (a->next_ms != b->next_ms)
+    return a->next_ms < b->next_ms;
+  int c = strcmp(a->post_id, b->post_id);
+  return c ? c < 0 : a->age_s < b->age_s;
+}
+
+/* The first post of channel, by publish time, not sampled at age_s and published at or after
+ * from_ms: a walk of the posts_sent index from from_ms that stops at the first such post. Sets
+ * *found and fills *out (which owns nothing before) if there is one. */
+static int first_unsampled(struct sq *q, const char *channel, int64_t age_s, int64_t from_ms,
+                           bool *found, struct cp_store_sample *out) {
+  sqlite3_stmt *st;
+  *found = false;
+  int err = prep(q, &st, "find next engagement sample",
+                 "SELECT p.id, p.remote_id, p.remote_url, p.sent_ms FROM posts p "
+                 "WHERE p.channel = ?1 AND p.state = 'sent' AND p.sent_ms >= ?2 "
+                 "AND NOT EXISTS (SELECT 1 FROM engagement e "
+                 "                WHERE e.post_id = p.id AND e.age_s = ?3) "
+                 "ORDER BY p.sent_ms, p.id LIMIT 1",
+                 "sii", channel, from_ms, age_s);
+  if (err < 0)
+    return err;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    memset(out, 0, sizeof *out);
+    copy_col(st, 0, out->post_id, sizeof out->post_id);
+    out->age_s = age_s;
+    out->sent_ms = sqlite3_column_int64(st, 3);
+    out->due_ms = out->sent_ms + age_s * 1000;
+    out->next_ms = out->due_ms;
+    err = dup_col(st, 1, &out->remote_id);
+    if (err == 0)
+      err = dup_col(st, 2, &out->remote_url);
+    if (err == 0 && !(out->channel = strdup(channel)))
+      err = CP_ENOMEM;
+    if (err < 0) {
+      free(out->remote_id);
+      free(out->remote_url);
+      err = cp__store_fail(&q->base, err, "store: find next engagement sample: out of memory");
+    } else {
+      *found = true;
+    }
+  } else if (rc != SQLITE_DONE) {
+    err = dberr(q, rc, "find next engagement sample");
+  }
+  sqlite3_finalize(st);
+  return err;
+}
+
+static int sq_next_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                              const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                              struct cp_store_sample **out) {
+  struct sq *q = sq_of(s);
+  struct cp_store_sample best, cand;
+  bool have = false;
+  /* One read transaction, so that the pauses and the samples agree. */
+  int err = exec(q, "find next engagement sample", q->batch ? "SAVEPOINT op" : "BEGIN");
+  for (size_t c = 0; err == 0 && c < n_channels; c++) {
+    bool paused;
+    int64_t until;
+    err = read_pause(q, channels[c], &paused, &until);
+    if (err < 0 || (paused && until == 0))
+      continue;
+    for (size_t a = 0; err == 0 && a < n_ages; a++) {
+      bool found = false;
+      int64_t from = now_ms - ages_s[a] * 1000 - CP_STORE_ENGAGEMENT_LATE_MS;
+      err = first_unsampled(q, channels[c], ages_s[a], from, &found, &cand);
+      if (err < 0 || !found)
+        continue;
+      if (paused && until > cand.next_ms)
+        cand.next_ms = until;
+      if (have && !sample_before(&cand, &best)) {
+        free(cand.channel);
+        free(cand.remote_id);
+        free(cand.remote_url);
+        continue;
+      }
+      if (have) {
+        free(best.channel);
+        free(best.remote_id);
+        free(best.remote_url);
+      }
+      best = cand;
+      have = true;
+    }
+  }
+  rollback(q); /* read-only */
+  struct cp_store_sample *p = NULL;
+  if (err == 0 && !have)
+    err = cp__store_fail(s, CP_ENOTFOUND, "store: no engagement sample to take");
+  if (err == 0 && !(p = malloc(sizeof *p)))
+    err = cp__store_fail(s, CP_ENOMEM, "store: find next engagement sample: out of memory");
+  if (err < 0) {
+    if (have) {
+      free(best.channel);
+      free(best.remote_id);
+      free(best.remote_url);
+    }
+    return err;
+  }
+  *p = best;
+  *out = p;
+  return 0;
+}
+
+static int sq_record_engagement(struct cp_store *s, const char *post_id, int64_t age_s,
+                                int64_t sampled_ms, const struct cp_store_engagement *counts) {
+  struct sq *q = sq_of(s);
+  int err = begin(q);
+  if (err < 0)
+    return err;
+  enum cp_store_state state;
+  err = post_state(q, post_id, &state);
+  sqlite3_stmt *st = NULL;
+  if (err == 0)
+    err = prep(q, &st, "record engagement",
+               "INSERT INTO engagement(post_id, age_s, sampled_ms, replies, reposts, likes, "
+               "                       quotes, views) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+               "ON CONFLICT(post_id, age_s) DO UPDATE SET sampled_ms = excluded.sampled_ms, "
+               "  replies = excluded.replies, reposts = excluded.reposts, "
+               "  likes = excluded.likes, quotes = excluded.quotes, views = excluded.views",
+               "sii", post_id, age_s, sampled_ms);
+  if (err == 0 && counts) {
+    /* -1 (the platform does not say) stays NULL, as do all five of a skipped sample. */
+    const int64_t v[] = {counts->replies, counts->reposts, counts->likes, counts->quotes,
+                         counts->views};
+    for (int i = 0; err == 0 && i < 5; i++) {
+      int rc = v[i] >= 0 ? sqlite3_bind_int64(st, 4 + i, v[i]) : SQLITE_OK;
+      if (rc != SQLITE_OK)
+        err = dberr(q, rc, "record engagement");
+    }
+  }
+  if (err == 0) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+      err = dberr(q, rc, "record engagement");
+  }
+  sqlite3_finalize(st);
+  return end(q, err);
+}
+
+static int sq_skip_engagement(struct cp_store *s, const char *const *channels, size_t n_channels,
+                              const int64_t *ages_s, size_t n_ages, int64_t now_ms,
+                              size_t *skipped) {
+  struct sq *q = sq_of(s);
+  size_t total = 0;
+  int err = begin(q);
+  if (err < 0)
+    return err;
+  for (size_t c = 0; err == 0 && c < n_channels; c++)
+    for (size_t a = 0; err == 0 && a < n_ages; a++) {
+      int64_t before = now_ms - ages_s[a] * 1000 - CP_STORE_ENGAGEMENT_LATE_MS;
+      int n = run(q, "skip late engagement samples",
+                  "INSERT INTO engagement(post_id, age_s, sampled_ms) "
+                  "SELECT p.id, ?3, ?4 FROM posts p "
+                  "WHERE p.channel = ?1 AND p.state = 'sent' AND p.sent_ms < ?2 "
+                  "AND NOT EXISTS (SELECT 1 FROM engagement e "
+                  "                WHERE e.post_id = p.id AND e.age_s = ?3)",
+                  "siii", channels[c], before, ages_s[a], now_ms);
+      if (n < 0)
+        err = n;
+      else
+        total += (size_t)n;
+    }
+  err = end(q, err);
+  if (err == 0)
+    *skipped = total;
+  return err;
+}
+
 const struct cp_store_ops cp__store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -1093,4 +1314,7 @@ const struct cp_store_ops cp__store_sqlite_ops = {
     .meta_get = sq_meta_get,
     .batch_begin = sq_batch_begin,
     .batch_end = sq_batch_end,
+    .next_engagement = sq_next_engagement,
+    .record_engagement = sq_record_engagement,
+    .skip_engagement = sq_skip_engagement,
 };

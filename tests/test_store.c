@@ -359,9 +359,9 @@ static void reopen_keeps_state_and_migrates_once(void **state) {
   cp_store_channel_status_free(cs);
   cp_store_close(f->s);
   f->s = NULL;
-  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
-  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 3);
-  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 3);
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 4);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM migrations"), 4);
+  assert_int_equal(raw_int(f->db, "SELECT max(version) FROM migrations"), 4);
   sqlite3 *h;
   assert_int_equal(sqlite3_open(f->db, &h), SQLITE_OK);
   sqlite3_stmt *st;
@@ -777,6 +777,205 @@ static void batch_is_one_transaction(void **state) {
   cp_store_close(other);
 }
 
+/* ---- engagement samples ---------------------------------------------------------------------- */
+
+#define HOUR (60 * MIN)
+#define DAY (24 * HOUR)
+
+static const int64_t AGES[] = {3600, 86400}; /* 1 h, 1 d */
+
+static struct cp_store_sample *next_sample(struct cp_store *s, const char *const *channels,
+                                           size_t n, int64_t now) {
+  struct cp_store_sample *smp = NULL;
+  int rc = cp_store_next_engagement(s, channels, n, AGES, 2, now, &smp);
+  if (rc != 0)
+    fail_msg("next engagement: %s (%s)", cp_store_errmsg(s), cp_err_name(rc));
+  return smp;
+}
+
+static void assert_sample(struct cp_store_sample *smp, const char *id, int64_t age_s,
+                          int64_t sent_ms) {
+  assert_string_equal(smp->post_id, id);
+  assert_int_equal(smp->age_s, age_s);
+  assert_int_equal(smp->sent_ms, sent_ms);
+  assert_int_equal(smp->due_ms, sent_ms + age_s * 1000);
+  cp_store_sample_free(smp);
+}
+
+/* The samples of sent posts come due in order of publish time + age, per channel; a recorded
+ * sample (with counts or skipped) is not handed out again; pauses hold a channel's samples. */
+static void engagement_samples_come_due_in_order(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {
+      item(ID_A, "m", NOW - 10 * MIN, CP_POST_SCHEDULED, 'a'),
+      item(ID_B, "m", NOW - 5 * MIN, CP_POST_SCHEDULED, 'b'),
+      item(ID_C, "other", NOW - 3 * MIN, CP_POST_SCHEDULED, 'c'),
+      item(ID_D, "m", NOW + DAY, CP_POST_SCHEDULED, 'd'),
+      item(ID_E, "f", NOW - MIN, CP_POST_SCHEDULED, 'e'),
+  };
+  reconcile(f->s, plan, 5, false);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW);
+  send_with(f->s, ID_B, CP_OUTCOME_OK, CP_STORE_SENT, NOW + 10 * MIN);
+  send_with(f->s, ID_C, CP_OUTCOME_OK, CP_STORE_SENT, NOW + MIN);
+  send_with(f->s, ID_E, CP_OUTCOME_PERMANENT, CP_STORE_FAILED, NOW);
+  const char *m[] = {"m"}, *both[] = {"m", "other"}, *failed[] = {"f"};
+
+  struct cp_store_sample *smp = next_sample(f->s, m, 1, NOW);
+  assert_string_equal(smp->channel, "m");
+  assert_string_equal(smp->remote_id, "remote-1");
+  assert_string_equal(smp->remote_url, "https://x/1");
+  assert_int_equal(smp->next_ms, NOW + HOUR); /* in the future: the caller waits for it */
+  assert_sample(smp, ID_A, 3600, NOW);
+
+  struct cp_store_engagement counts = {
+      .replies = 1, .reposts = 2, .likes = 3, .quotes = -1, .views = -1};
+  assert_int_equal(cp_store_record_engagement(f->s, ID_A, 3600, NOW + HOUR, &counts), 0);
+  assert_sample(next_sample(f->s, m, 1, NOW + HOUR), ID_B, 3600, NOW + 10 * MIN);
+  /* Across channels: the other channel's post comes due first. */
+  smp = next_sample(f->s, both, 2, NOW + HOUR);
+  assert_string_equal(smp->channel, "other");
+  assert_sample(smp, ID_C, 3600, NOW + MIN);
+  /* A skipped sample is not handed out again: the next one is A's second age. */
+  assert_int_equal(cp_store_record_engagement(f->s, ID_B, 3600, NOW + 2 * HOUR, NULL), 0);
+  assert_sample(next_sample(f->s, m, 1, NOW + 2 * HOUR), ID_A, 86400, NOW);
+
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement WHERE post_id = '" ID_A
+                                  "' AND age_s = 3600 AND replies = 1 AND reposts = 2 AND "
+                                  "likes = 3 AND quotes IS NULL AND views IS NULL"),
+                   1);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement WHERE post_id = '" ID_B
+                                  "' AND sampled_ms > 0 AND coalesce(replies, reposts, likes, "
+                                  "quotes, views) IS NULL"),
+                   1);
+  /* Recording again replaces the sample. */
+  counts.replies = 5;
+  assert_int_equal(cp_store_record_engagement(f->s, ID_A, 3600, NOW + HOUR + 1, &counts), 0);
+  assert_int_equal(raw_int(f->db, "SELECT replies FROM engagement WHERE post_id = '" ID_A "'"), 5);
+
+  /* A channel paused until T holds its samples until T; paused indefinitely, it has none. */
+  assert_int_equal(cp_store_channel_pause(f->s, "m", NOW + 3 * DAY, "rate limited"), 0);
+  smp = next_sample(f->s, m, 1, NOW + 2 * HOUR);
+  assert_int_equal(smp->next_ms, NOW + 3 * DAY);
+  assert_sample(smp, ID_A, 86400, NOW);
+  assert_int_equal(cp_store_channel_pause(f->s, "m", 0, "credentials rejected"), 0);
+  smp = NULL;
+  assert_int_equal(cp_store_next_engagement(f->s, m, 1, AGES, 2, NOW + 2 * HOUR, &smp),
+                   CP_ENOTFOUND);
+  assert_null(smp);
+  smp = next_sample(f->s, both, 2, NOW + 2 * HOUR);
+  assert_sample(smp, ID_C, 3600, NOW + MIN);
+  assert_int_equal(cp_store_channel_resume(f->s, "m"), 0);
+
+  /* Only sent posts have samples. */
+  assert_int_equal(cp_store_next_engagement(f->s, failed, 1, AGES, 2, NOW, &smp), CP_ENOTFOUND);
+  /* What `calpost status` shows. */
+  struct cp_store_channel_status *cs = NULL;
+  assert_int_equal(cp_store_channel_status(f->s, "m", NOW, &cs), 0);
+  assert_int_equal(cs->samples, 1);
+  assert_int_equal(cs->samples_skipped, 1);
+  cp_store_channel_status_free(cs);
+
+  /* Bad arguments change nothing. */
+  assert_int_equal(cp_store_record_engagement(f->s, ID_G, 3600, NOW, &counts), CP_ENOTFOUND);
+  assert_int_equal(cp_store_record_engagement(f->s, ID_A, 0, NOW, &counts), CP_EINVAL);
+  assert_int_equal(cp_store_record_engagement(f->s, "nope", 3600, NOW, &counts), CP_EINVAL);
+  assert_int_equal(cp_store_next_engagement(f->s, m, 1, AGES, 0, NOW, &smp), CP_EINVAL);
+  assert_int_equal(cp_store_next_engagement(f->s, NULL, 0, AGES, 2, NOW, &smp), CP_EINVAL);
+  const int64_t bad_ages[] = {3600, -5};
+  assert_int_equal(cp_store_next_engagement(f->s, m, 1, bad_ages, 2, NOW, &smp), CP_EINVAL);
+  assert_int_equal(cp_store_skip_engagement(f->s, m, 1, bad_ages, 2, NOW, NULL), CP_EINVAL);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement"), 2);
+}
+
+/* A sample more than two days past its time is not handed out; skip_engagement records it
+ * without counts, once. */
+static void late_engagement_samples_are_skipped(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+                                 item(ID_B, "m", NOW, CP_POST_SCHEDULED, 'b')};
+  reconcile(f->s, plan, 2, false);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW);
+  const char *m[] = {"m"};
+  int64_t late = NOW + HOUR + CP_STORE_ENGAGEMENT_LATE_MS;
+  /* Exactly at the limit it is still taken... */
+  assert_sample(next_sample(f->s, m, 1, late), ID_A, 3600, NOW);
+  size_t n = 99;
+  assert_int_equal(cp_store_skip_engagement(f->s, m, 1, AGES, 2, late, &n), 0);
+  assert_int_equal(n, 0);
+  /* ... a millisecond later only the 1 d sample is left. */
+  assert_sample(next_sample(f->s, m, 1, late + 1), ID_A, 86400, NOW);
+  assert_int_equal(cp_store_skip_engagement(f->s, m, 1, AGES, 2, late + 1, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement WHERE post_id = '" ID_A
+                                  "' AND age_s = 3600 AND replies IS NULL AND sampled_ms = "
+                                  "1800000000000 + 3600000 + 2 * 86400000 + 1"),
+                   1);
+  assert_int_equal(cp_store_skip_engagement(f->s, m, 1, AGES, 2, late + 1, &n), 0);
+  assert_int_equal(n, 0); /* once */
+  /* Long after: nothing is left to take, and the 1 d sample is skipped too. */
+  struct cp_store_sample *smp = NULL;
+  int64_t later = NOW + DAY + CP_STORE_ENGAGEMENT_LATE_MS + 1;
+  assert_int_equal(cp_store_next_engagement(f->s, m, 1, AGES, 2, later, &smp), CP_ENOTFOUND);
+  assert_int_equal(cp_store_skip_engagement(f->s, m, 1, AGES, 2, later, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement"), 2);
+  /* B was never sent: nothing of it. */
+  assert_int_equal(raw_int(f->db, "SELECT count(*) FROM engagement WHERE post_id = '" ID_B "'"), 0);
+}
+
+/* The publish time is the time of the OK attempt, not of the first one; a database from before
+ * schema 4 learns it from its attempts when it is migrated. */
+static void sample_ages_count_from_the_ok_attempt(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item plan[] = {item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a')};
+  reconcile(f->s, plan, 1, false);
+  send_with(f->s, ID_A, CP_OUTCOME_RETRY, CP_STORE_PENDING, NOW);
+  send_with(f->s, ID_A, CP_OUTCOME_OK, CP_STORE_SENT, NOW + 5 * MIN);
+  const char *m[] = {"m"};
+  assert_sample(next_sample(f->s, m, 1, NOW), ID_A, 3600, NOW + 5 * MIN);
+  cp_store_close(f->s);
+  f->s = NULL;
+  /* Schema 3 had no publish time. */
+  raw_exec(f->db, "DROP INDEX posts_sent; ALTER TABLE posts DROP COLUMN sent_ms; "
+                  "DELETE FROM migrations WHERE version = 4; PRAGMA user_version = 3");
+  f->s = open_store(f);
+  assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 4);
+  assert_sample(next_sample(f->s, m, 1, NOW), ID_A, 3600, NOW + 5 * MIN);
+}
+
+/* Many published posts, nearly all sampled: the one left is found. */
+static void engagement_among_many_posts(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  enum { N = 500 };
+  struct cp_store_item *plan = calloc(N, sizeof *plan);
+  assert_non_null(plan);
+  for (int i = 0; i < N; i++) {
+    char id[CP_POST_ID_LEN + 1];
+    snprintf(id, sizeof id, "%016x", i + 1);
+    plan[i] = item(id, i % 2 ? "m" : "other", NOW - (N - i) * MIN, CP_POST_SCHEDULED, 'p');
+  }
+  reconcile(f->s, plan, N, false);
+  assert_int_equal(cp_store_batch_begin(f->s), 0);
+  for (int i = 0; i < N; i++)
+    send_with(f->s, plan[i].id, CP_OUTCOME_OK, CP_STORE_SENT, NOW - (N - i) * MIN);
+  for (int i = 0; i < N; i++)
+    if (i != 301) {
+      struct cp_store_engagement c = {i, i, i, i, i};
+      assert_int_equal(cp_store_record_engagement(f->s, plan[i].id, 3600, NOW, &c), 0);
+    }
+  assert_int_equal(cp_store_batch_end(f->s, true), 0);
+  const char *m[] = {"m"};
+  const int64_t hour[] = {3600};
+  struct cp_store_sample *smp = NULL;
+  assert_int_equal(cp_store_next_engagement(f->s, m, 1, hour, 1, NOW, &smp), 0);
+  assert_sample(smp, plan[301].id, 3600, NOW - (N - 301) * MIN);
+  free(plan);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -802,6 +1001,10 @@ int main(void) {
       T(skip_and_retry_by_hand),
       T(channel_status_for_people),
       T(metadata),
+      T(engagement_samples_come_due_in_order),
+      T(late_engagement_samples_are_skipped),
+      T(sample_ages_count_from_the_ok_attempt),
+      T(engagement_among_many_posts),
       cmocka_unit_test(item_hash_follows_published_content),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
