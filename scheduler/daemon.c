@@ -12,11 +12,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +105,9 @@ struct daemon;
 
 struct channel {
   struct daemon *d;
+  /* This channel's copy of the host table (data is still the daemon): requests made through
+   * it are known to be this channel's (see host_http_request). */
+  struct cp_host host;
   const struct cp_channel_conf *conf;
   const struct cp_connector *conn;
   void *inst;
@@ -193,6 +199,10 @@ struct daemon {
   uv_timer_t flush_timer; /* ... or just after an imminent send */
   struct inflight *done, *done_tail;
   uv_signal_t sig_hup, sig_term, sig_int;
+  /* A timerfd armed with TFD_TIMER_CANCEL_ON_SET: readable when the wall clock is set (an NTP
+   * step, a manual change), so the wall-clock timers are re-armed at once. */
+  int clock_fd;
+  uv_poll_t clock_watch;
   int lock_fd;
   bool stopping;
   size_t n_inflight;
@@ -225,6 +235,13 @@ static int64_t wall_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Milliseconds of a clock that never jumps (for durations and rate windows). */
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Starts timer t to run cb at the wall-clock time at_ms (at once if it has passed). libuv adds
  * the delay to the loop time cached when the iteration began, and a disk sync may have happened
  * since: refresh it, or the timer fires early by that long. */
@@ -232,6 +249,37 @@ static void timer_at(struct daemon *d, uv_timer_t *t, uv_timer_cb cb, int64_t at
   int64_t delay = at_ms - wall_ms();
   uv_update_time(d->loop);
   uv_timer_start(t, cb, delay > 0 ? (uint64_t)delay : 0, 0);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Wall-clock steps                                                                          */
+
+static void on_timer(uv_timer_t *t);
+static void on_fire(uv_timer_t *t);
+static void sample_schedule(struct daemon *d);
+
+/* Arms clock_fd: an absolute timer far in the future that the kernel cancels when the wall
+ * clock is set. Returns 0 or -errno. */
+static int clock_watch_arm(int fd) {
+  struct itimerspec its = {.it_value = {.tv_sec = INT32_MAX}};
+  return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &its, NULL) < 0 ? -errno
+                                                                                          : 0;
+}
+
+/* The wall clock was set: every timer that waits for a wall-clock time was armed with a delay
+ * computed before the step, so re-arm them all from the new time. */
+static void on_clock_set(uv_poll_t *w, int status, int events) {
+  struct daemon *d = w->data;
+  uint64_t n;
+  if (read(d->clock_fd, &n, sizeof n) < 0 && errno != ECANCELED && errno != EAGAIN)
+    return;
+  clock_watch_arm(d->clock_fd);
+  logf_(CP_LOG_INFO, "the wall clock was set: re-arming the timers");
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (d->ch[i].armed)
+      timer_at(d, &d->ch[i].fire_timer, on_fire, d->ch[i].armed->fire_at);
+  uv_timer_start(&d->timer, on_timer, 0, 0); /* a scheduling pass at the new time */
+  sample_schedule(d);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -311,6 +359,18 @@ static const char *conf_key_at(const struct cp_connector_conf *conf, size_t i) {
 static int host_http_request(const struct cp_host *host, const struct cp_http_req *req,
                              cp_http_cb cb, void *data) {
   struct daemon *d = host->data;
+  if (host != &d->host && req->idempotent) {
+    const struct channel *ch =
+        (const struct channel *)(const void *)((const char *)host - offsetof(struct channel, host));
+    /* libcurl silently resends a request whose kept-alive connection died before an answer:
+     * harmless for the post (it is idempotent), but the server counts it, and on a channel with
+     * a configured rate that could exceed it. A fresh connection is never resent. */
+    if (ch->rate_n) {
+      struct cp_http_req fresh = *req;
+      fresh.idempotent = false;
+      return cp_http_request(d->http, &fresh, cb, data);
+    }
+  }
   return cp_http_request(d->http, req, cb, data);
 }
 
@@ -636,7 +696,7 @@ static void notify(struct daemon *d, const char *fmt, ...) {
   p->tzid = "UTC";
   p->title = "calpost notification";
   p->text = f->note_text;
-  f->req.host = &d->host;
+  f->req.host = &ch->host;
   f->req.attempt = 1;
   cp_connector_idempotency_key(p, f->key, sizeof f->key);
   f->req.idempotency_key = f->key;
@@ -735,7 +795,7 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
   }
   struct channel *ch = f->ch;
   if (ch->rate_n) {
-    ch->done_at[ch->ring_pos] = wall_ms();
+    ch->done_at[ch->ring_pos] = mono_ms(); /* real time: a wall-clock step must not age it */
     ch->ring_pos = (ch->ring_pos + 1) % ch->rate_n;
     if (ch->ring_len < ch->rate_n)
       ch->ring_len++;
@@ -897,7 +957,7 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
   }
   f->pr = d->plan;
   d->plan->refs++;
-  f->req.host = &d->host;
+  f->req.host = &ch->host;
   f->req.attempt = (unsigned)f->attempts;
   cp_connector_idempotency_key(&f->post, f->key, sizeof f->key);
   f->req.idempotency_key = f->key;
@@ -931,6 +991,12 @@ static void on_timer(uv_timer_t *t);
 static void on_fire(uv_timer_t *t) {
   struct channel *ch = t->data;
   struct inflight *f = ch->armed;
+  /* The timer is a monotonic delay: if the wall clock stepped back meanwhile, the post's time
+   * has not come yet. Wait for the rest instead of leaving early. */
+  if (f && f->fire_at - wall_ms() > 1) {
+    timer_at(ch->d, &ch->fire_timer, on_fire, f->fire_at);
+    return;
+  }
   ch->armed = NULL;
   if (f)
     fire(f);
@@ -947,7 +1013,10 @@ static int64_t window_ready(const struct channel *ch, size_t pending) {
   size_t need = ch->rate_n - pending;
   if (ch->ring_len < need)
     return 0;
-  return ch->done_at[(ch->ring_pos + ch->rate_n - need) % ch->rate_n] + ch->rate_ms;
+  /* The window is in monotonic time; callers compare wall-clock times, so translate. */
+  int64_t left =
+      ch->done_at[(ch->ring_pos + ch->rate_n - need) % ch->rate_n] + ch->rate_ms - mono_ms();
+  return left <= 0 ? 0 : wall_ms() + left;
 }
 
 /* Looks at one channel inside the open batch: marks posts past their grace missed, claims the
@@ -1152,7 +1221,7 @@ static void sample_start(struct daemon *d, struct channel *ch, const struct cp_s
   f->attempts = ch->sample_fails + 1;
   memcpy(f->post.id, s->post_id, sizeof f->post.id);
   f->post.channel = ch->conf->name;
-  f->req.host = &d->host;
+  f->req.host = &ch->host;
   f->req.attempt = (unsigned)f->attempts;
   f->req.idempotency_key = "";
   f->req.host_data = f;
@@ -1738,8 +1807,8 @@ static int utm_settings(struct daemon *d, struct channel *ch) {
   if (!on || !strcmp(on, "no") || !strcmp(on, "false"))
     return 0;
   if (strcmp(on, "yes") && strcmp(on, "true")) {
-    logf_(CP_LOG_ERROR, "%s: [channel %s] utm: '%s' is not yes or no", d->cfg->path,
-          ch->conf->name, on);
+    logf_(CP_LOG_ERROR, "%s: [channel %s] utm: '%s' is not yes or no", d->cfg->path, ch->conf->name,
+          on);
     return CP_ECONFIG;
   }
   ch->utm_on = true;
@@ -1829,7 +1898,8 @@ static int start_channels(struct daemon *d) {
         return CP_ENOMEM;
     }
     cp_ratelimit_init(&ch->rl, 0, 1000, 1, wall_ms()); /* hints only */
-    if (conn->init(&d->host, &ch->cconf, &ch->inst) < 0) {
+    ch->host = d->host;
+    if (conn->init(&ch->host, &ch->cconf, &ch->inst) < 0) {
       logf_(CP_LOG_ERROR, "[channel %s]: the %s connector refused its configuration", cc->name,
             cc->type);
       return CP_ECONFIG;
@@ -1993,6 +2063,15 @@ int cp_daemon_run(const char *config_path) {
   uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
   uv_signal_start(&d->sig_term, on_signal, SIGTERM);
   uv_signal_start(&d->sig_int, on_signal, SIGINT);
+  /* A write past RLIMIT_FSIZE fails with EFBIG (reported like a full disk) instead of killing
+   * the daemon with SIGXFSZ mid-transaction. */
+  signal(SIGXFSZ, SIG_IGN);
+  d->clock_fd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (d->clock_fd >= 0 && clock_watch_arm(d->clock_fd) == 0 &&
+      uv_poll_init(d->loop, &d->clock_watch, d->clock_fd) == 0) {
+    d->clock_watch.data = d;
+    uv_poll_start(&d->clock_watch, UV_READABLE, on_clock_set);
+  }
 
   /* Sources: watched and polled; their last good copies live in the state directory. */
   size_t n_src = 0;
@@ -2076,7 +2155,10 @@ out_loop:
   for (size_t i = 0; i < d->n_ch; i++)
     close_own((uv_handle_t *)&d->ch[i].fire_timer);
   close_own((uv_handle_t *)&d->sample_timer);
+  close_own((uv_handle_t *)&d->clock_watch);
   uv_run(d->loop, UV_RUN_DEFAULT);
+  if (d->clock_fd > 0)
+    close(d->clock_fd);
   for (size_t i = 0; i < d->n_ch; i++) {
     if (d->ch[i].conn && d->ch[i].inst)
       d->ch[i].conn->free(d->ch[i].inst);
