@@ -54,6 +54,7 @@
 #include "connector_registry.h"
 #include "daemon.h"
 #include "plan.h"
+#include "feed.h"
 #include "report.h"
 #include "store.h"
 
@@ -1323,6 +1324,33 @@ static void login_request(struct cp_control *c, h2o_req_t *req, bool tcp) {
     send_login(req, wrong_token);
 }
 
+/* GET /v1/feed.ics?since=90d: the published feed (feed.h), for editors to subscribe to next to
+ * their plan. Built on the loop like /v1/report: it reads the state database and the plan. */
+static void feed_request(struct cp_control *c, h2o_req_t *req) {
+  struct param q[] = {{"since", NULL}};
+  json_t *err = NULL;
+  int status = parse_query(req, q, 1, true, &err);
+  int64_t now = now_ms(), since = now - 90LL * 86400000;
+  if (!status && q[0].value && parse_when(q[0].value, now, true, &since) < 0) {
+    status = 400;
+    err = error_json("since: not a time (90d, 2026-11-01 or 2026-11-01T00:00:00Z)");
+  }
+  params_free(q, 1);
+  if (status) {
+    respond(req, status, err, NULL);
+    return;
+  }
+  char *ics = NULL, msg[512] = "";
+  int rc = cp_feed_build_msg(c->cfg, since, &ics, msg, sizeof msg);
+  if (rc < 0) {
+    respond(req, rc == CP_ENOTFOUND ? 404 : 500, error_json("%s", msg[0] ? msg : cp_strerror(rc)),
+            NULL);
+    return;
+  }
+  send_body(req, 200, "text/calendar; charset=utf-8", ics, strlen(ics));
+  free(ics);
+}
+
 /* The endpoints that need the state database. Returns false for other paths. */
 static bool web_request(struct cp_control *c, h2o_req_t *req, bool tcp, enum auth auth) {
   h2o_iovec_t p = req->path_normalized;
@@ -1335,8 +1363,8 @@ static bool web_request(struct cp_control *c, h2o_req_t *req, bool tcp, enum aut
     return true;
   }
   bool metrics = is_path(p, "/metrics"), posts = is_path(p, "/v1/posts"),
-       report = is_path(p, "/v1/report");
-  if (metrics || posts || report) {
+       report = is_path(p, "/v1/report"), feed = is_path(p, "/v1/feed.ics");
+  if (metrics || posts || report || feed) {
     if (auth == AUTH_NONE)
       unauthorized(req);
     else if (!is_method(req, "GET"))
@@ -1345,6 +1373,8 @@ static bool web_request(struct cp_control *c, h2o_req_t *req, bool tcp, enum aut
       metrics_request(c, req);
     else if (posts)
       posts_request(c, req);
+    else if (feed)
+      feed_request(c, req);
     else
       report_request(c, req);
     return true;

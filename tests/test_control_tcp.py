@@ -130,7 +130,7 @@ def test_tcp_needs_the_token_unix_socket_does_not(ctx):
     env.write_plan([Event("later", int(time.time()) + 86400, "tomorrow", ["a"])])
     d = env.start()
     port = tcp_port(d)
-    for path in ("/metrics", "/v1/status", "/v1/posts", "/v1/report"):
+    for path in ("/metrics", "/v1/status", "/v1/posts", "/v1/report", "/v1/feed.ics"):
         status, h, body = get(port, path)
         assert status == 401, "%s without a token answered %d" % (path, status)
         assert h.get("www-authenticate", "").startswith("Bearer"), h
@@ -187,7 +187,8 @@ def test_dashboard_session_cookie_reads_but_cannot_act(ctx):
                        headers={"Cookie": session})
     assert status == 401
     assert env.channel_status("a")["paused"] is False
-    assert get(port, "/", headers={"Cookie": session[:-1] + "0"})[0] == 401
+    tampered = session[:-1] + ("1" if session[-1] == "0" else "0")  # always a different cookie
+    assert get(port, "/", headers={"Cookie": tampered})[0] == 401
     # /?token= signs in once and sends the browser on without the token in the address.
     status, h, _ = get(port, "/?token=" + TOKEN)
     assert status == 303 and h["location"] == "/" and h["set-cookie"].split(";")[0] == session
@@ -321,6 +322,16 @@ def test_metrics_posts_and_report_match_the_scenario(ctx):
     assert rep["b"]["published"] == 0 and rep["b"]["states"]["failed"] == 1
     assert rep["a"]["lateness_ms"]["p50"] >= 0
     assert get(port, "/v1/report?since=soon", token=TOKEN)[0] == 400
+
+    # /v1/feed.ics: the published feed, one VEVENT per sent post, with its UID and URL.
+    status, h, body = get(port, "/v1/feed.ics?since=1d", token=TOKEN)
+    assert status == 200, body
+    text = body.decode() if isinstance(body, bytes) else body
+    assert text.startswith("BEGIN:VCALENDAR"), text[:200]
+    uids = [l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("UID:")]
+    sent = [r["id"] for r in env.query("SELECT id FROM posts WHERE state = 'sent'")]
+    assert sorted(uids) == sorted(i + "@calpost" for i in sent), (uids, sent)
+    assert get(port, "/v1/feed.ics")[0] == 401
     d.stop()
     no_secret_in_logs(env, TOKEN)
 
