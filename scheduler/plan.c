@@ -1544,7 +1544,8 @@ rdates:
     }
     PUSH_SLOT(wall, utc, is_date || r->is_date);
   }
-  qsort(slots, n, sizeof *slots, cmp_slot);
+  if (n) /* slots is NULL when nothing was pushed (qsort wants a valid pointer) */
+    qsort(slots, n, sizeof *slots, cmp_slot);
   int64_t in_window = 0;
   bool cancelled_series = m->status == EV_CANCELLED;
   for (size_t i = 0; i < n; i++) {
