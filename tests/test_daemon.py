@@ -27,6 +27,10 @@ from daemon_harness import (SCALE, Event, exclusive, http_date, key_of,  # noqa:
 # commit and one loopback request. The sanitizer build runs with CP_TEST_TIMEOUT_SCALE > 1: it
 # checks correctness; the latency promise (p99 < 5 ms) is measured by the release benchmark.
 ON_TIME = 0.100 * SCALE
+# "At its time" where a test checks that a post is not left for a later wake-up (a poll, a
+# missed timer): generous, since such tests run beside others; the latency itself is measured by
+# the benchmark, not here.
+PROMPT = 1.0 * SCALE
 # Clock granularity between the daemon's decisions and the server's time stamps.
 EPS = 0.010
 
@@ -269,7 +273,7 @@ def test_rate_limit_is_never_exceeded(ctx):
         span = times[i + 2] - times[i]
         assert span >= 1.0 - 0.02, "3 requests within %.3f s (rate = 2/s): %s" % (
             span, [round(t - T, 3) for t in times])
-    assert times[0] - T < 0.2, "the first post waited %.3f s" % (times[0] - T)
+    assert times[0] - T < PROMPT, "the first post waited %.3f s" % (times[0] - T)
 
 
 # --- 4. plan edits while running -------------------------------------------------------------
@@ -285,7 +289,7 @@ def test_plan_edit_adds_an_event(ctx):
     reqs = env.wait_requests(1, 10)
     assert [r["json"]["uid"] for r in reqs] == ["new"]
     assert reqs[0]["json"]["text"] == "added while running"
-    assert -EPS <= reqs[0]["time"] - T <= 0.25, "added post arrived %.3f s after due" % (
+    assert -EPS <= reqs[0]["time"] - T <= PROMPT, "added post arrived %.3f s after due" % (
         reqs[0]["time"] - T)
     env.wait_state(env.pid("new"), "sent")
 
@@ -304,7 +308,7 @@ def test_plan_edit_moves_an_event_later(ctx):
     assert len(reqs) == 1, "sent %d times" % len(reqs)
     assert reqs[0]["time"] >= T + 2 - EPS, "sent at the old time (%.3f s before the new one)" % (
         T + 2 - reqs[0]["time"])
-    assert reqs[0]["time"] - (T + 2) <= 0.25
+    assert reqs[0]["time"] - (T + 2) <= PROMPT
     assert reqs[0]["json"]["due_unix"] == T + 2
 
 
@@ -442,7 +446,7 @@ def test_pause_channel_until_a_time(ctx):
     assert len(ra) == 1
     assert ra[0]["time"] >= until - EPS, "published %.3f s before the pause ended" % (
         until - ra[0]["time"])
-    assert ra[0]["time"] - until < 0.5, "published %.3f s after the pause ended" % (
+    assert ra[0]["time"] - until < PROMPT, "published %.3f s after the pause ended" % (
         ra[0]["time"] - until)
     assert not env.channel_status("a")["paused"]
 
@@ -473,7 +477,7 @@ def test_restart_after_an_outage_past_grace_marks_missed(ctx):
     wait_for(lambda: env.state(m1) == "missed" and env.state(m2) == "missed", 10, "missed")
     reqs = env.wait_requests(1, 15)
     assert [r["json"]["uid"] for r in reqs] == ["later"], [r["json"]["uid"] for r in reqs]
-    assert reqs[0]["time"] - later <= 0.25
+    assert reqs[0]["time"] - later <= PROMPT
     settle_quietly(env, 0.5)
     assert len(env.server.requests()) == 1
     assert env.channel_status("a")["missed"] == 2
@@ -543,7 +547,7 @@ def test_sighup_reloads_the_plan(ctx):
     assert "1 new" in log and log.index("SIGHUP") < log.index("1 new"), (
         "the post came in without the SIGHUP reload:\n" + log)
     assert reqs[0]["json"]["uid"] == "h"
-    assert reqs[0]["time"] - T <= 0.25
+    assert reqs[0]["time"] - T <= PROMPT
     assert d.proc.poll() is None
 
 
