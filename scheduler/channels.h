@@ -13,9 +13,9 @@
 
 struct cp_channels;
 
-/* Creates an instance of every [channel] of cfg (none when cfg has no file: defaults). A channel whose connector is missing or
- * refuses its configuration is reported on log ("FILE:LINE: error: ...") and counted in
- * *errors; the others work. Returns 0, or CP_ENOMEM. */
+/* Creates an instance of every [channel] of cfg (none when cfg has no file: defaults). A channel
+ * whose connector is missing or refuses its configuration is reported on log ("FILE:LINE: error:
+ * ...") and counted in *errors; the others work. Returns 0, or CP_ENOMEM. */
 int cp_channels_open(const struct cp_config *cfg, FILE *log, struct cp_channels **out,
                      size_t *errors);
 void cp_channels_close(struct cp_channels *c);

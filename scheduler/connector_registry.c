@@ -454,9 +454,9 @@ int cp_connector_secret_read(const struct cp_connector_conf *conf, const char *k
 
 void cp_connector_check_keys(const struct cp_host *host, const struct cp_connector_conf *conf,
                              const char *const *known) {
-  static const char *const host_keys[] = {"type",       "module",     "rate",        "grace",
-                                          "notify_only", "max_chars", "utm",        "utm_source",
-                                          "utm_medium", "utm_domains", "engagement", NULL};
+  static const char *const host_keys[] = {"type",        "module",      "rate",       "grace",
+                                          "notify_only", "max_chars",   "utm",        "utm_source",
+                                          "utm_medium",  "utm_domains", "engagement", NULL};
   char list[256] = "";
   for (size_t j = 0; known[j]; j++)
     snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", known[j]);
