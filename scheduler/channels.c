@@ -50,23 +50,6 @@ static int64_t wall_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static const char *conf_get(const struct cp_connector_conf *conf, const char *key, int *line) {
-  const struct cp_section *s = conf->data;
-  const char *v = NULL;
-  for (size_t i = 0; i < s->n_kv; i++)
-    if (!strcmp(s->kv[i].key, key)) {
-      v = s->kv[i].value;
-      if (line)
-        *line = s->kv[i].line;
-    }
-  return v;
-}
-
-static const char *conf_key_at(const struct cp_connector_conf *conf, size_t i) {
-  const struct cp_section *s = conf->data;
-  return i < s->n_kv ? s->kv[i].key : NULL;
-}
-
 static int h_http_request(const struct cp_host *host, const struct cp_http_req *req, cp_http_cb cb,
                           void *data) {
   return cp_http_request(of(host)->http, req, cb, data);
@@ -200,13 +183,7 @@ int cp_channels_open(const struct cp_config *cfg, FILE *log, struct cp_channels 
     }
     if (!cc->section)
       continue; /* a channel implied by a plan without a config file: nothing to set up */
-    ch->cconf = (struct cp_connector_conf){.type = cc->type,
-                                           .name = cc->name,
-                                           .file = path,
-                                           .line = cc->section->line,
-                                           .get = conf_get,
-                                           .key_at = conf_key_at,
-                                           .data = cc->section};
+    cp_channel_connector_conf(cfg, cc, &ch->cconf);
     c->current = ch;
     if (ch->conn->init(&c->host, &ch->cconf, &ch->inst) < 0) {
       fprintf(log, "%s:%d: error: [channel %s] the %s connector refused its configuration\n", path,

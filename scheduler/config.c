@@ -432,3 +432,31 @@ const struct cp_channel_conf *cp_config_channel(const struct cp_config *cfg, con
       return &cfg->channels[i];
   return NULL;
 }
+
+static const char *conf_get(const struct cp_connector_conf *conf, const char *key, int *line) {
+  const struct cp_section *s = conf->data;
+  const char *v = NULL;
+  for (size_t i = 0; i < s->n_kv; i++)
+    if (!strcmp(s->kv[i].key, key)) { /* the last one wins, as in cp_section_get */
+      v = s->kv[i].value;
+      if (line)
+        *line = s->kv[i].line;
+    }
+  return v;
+}
+
+static const char *conf_key_at(const struct cp_connector_conf *conf, size_t i) {
+  const struct cp_section *s = conf->data;
+  return i < s->n_kv ? s->kv[i].key : NULL;
+}
+
+void cp_channel_connector_conf(const struct cp_config *cfg, const struct cp_channel_conf *cc,
+                               struct cp_connector_conf *out) {
+  *out = (struct cp_connector_conf){.type = cc->type,
+                                    .name = cc->name,
+                                    .file = cfg->path ? cfg->path : "",
+                                    .line = cc->section->line,
+                                    .get = conf_get,
+                                    .key_at = conf_key_at,
+                                    .data = cc->section};
+}

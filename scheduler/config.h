@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "calpost/connector.h"
+
 struct cp_kv {
   char *key;
   char *value;
@@ -75,5 +77,10 @@ const char *cp_section_get(const struct cp_section *s, const char *key);
 /* Known channel types (NULL-terminated). */
 extern const char *const cp_channel_types[];
 bool cp_channel_type_known(const char *type);
+
+/* The connector's view of channel cc's section (struct cp_connector_conf): valid as long as
+ * cfg. Messages name cfg's file (or "" for the built-in defaults). */
+void cp_channel_connector_conf(const struct cp_config *cfg, const struct cp_channel_conf *cc,
+                               struct cp_connector_conf *out);
 
 #endif

@@ -339,23 +339,6 @@ static int setting_duration(const struct cp_config *cfg, const struct cp_section
 /* ---------------------------------------------------------------------------------------- */
 /* The connector host                                                                        */
 
-static const char *conf_get(const struct cp_connector_conf *conf, const char *key, int *line) {
-  const struct cp_section *s = conf->data;
-  const char *v = NULL;
-  for (size_t i = 0; i < s->n_kv; i++)
-    if (!strcmp(s->kv[i].key, key)) {
-      v = s->kv[i].value;
-      if (line)
-        *line = s->kv[i].line;
-    }
-  return v;
-}
-
-static const char *conf_key_at(const struct cp_connector_conf *conf, size_t i) {
-  const struct cp_section *s = conf->data;
-  return i < s->n_kv ? s->kv[i].key : NULL;
-}
-
 static int host_http_request(const struct cp_host *host, const struct cp_http_req *req,
                              cp_http_cb cb, void *data) {
   struct daemon *d = host->data;
@@ -1875,13 +1858,7 @@ static int start_channels(struct daemon *d) {
     ch->d = d;
     ch->conf = cc;
     ch->conn = conn;
-    ch->cconf = (struct cp_connector_conf){.type = cc->type,
-                                           .name = cc->name,
-                                           .file = d->cfg->path ? d->cfg->path : "",
-                                           .line = cc->section->line,
-                                           .get = conf_get,
-                                           .key_at = conf_key_at,
-                                           .data = cc->section};
+    cp_channel_connector_conf(d->cfg, cc, &ch->cconf);
     if (setting_duration(d->cfg, cc->section, "grace", d->grace_ms, &ch->grace_ms) < 0)
       return CP_ECONFIG;
     const char *rate = cp_section_get(cc->section, "rate");
