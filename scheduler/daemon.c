@@ -2075,6 +2075,8 @@ int cp_daemon_run(const char *config_path) {
   }
   const char *lb = cp_section_get(gs, "allow_loopback_http");
   so.allow_loopback_http = lb && (!strcmp(lb, "yes") || !strcmp(lb, "true"));
+  const char *lc = cp_section_get(gs, "allow_local_calendars");
+  so.allow_local_calendars = lc && (!strcmp(lc, "yes") || !strcmp(lc, "true"));
   int rc = cp_sync_start(&so, srcs, n_src, &d->sync);
   free(srcs);
   if (rc < 0) {

@@ -85,6 +85,7 @@ struct source {
   char watch_error[256];  /* why the folder cannot be watched, or "" */
   /* remote */
   char *url;           /* what is fetched (webcal:// rewritten to https://) */
+  bool public_only;    /* refuse local and private addresses (redirects included) */
   char refused[256];   /* why the URL is not fetched, or "" */
   bool report_refusal; /* report `refused` at the next poll (start, refresh) */
   bool in_flight;
@@ -730,7 +731,8 @@ static void fetch(struct source *src) {
                             .n_headers = nh,
                             .timeout_ms = (long)s->opts.timeout_ms,
                             .max_response = (size_t)s->opts.max_size + HEADER_ALLOWANCE,
-                            .follow_redirects = true};
+                            .follow_redirects = true,
+                            .public_only = src->public_only};
   int rc = cp_http_request(s->http, &req, on_fetched, src);
   if (rc) {
     fail(src, "cannot start the request: %s", cp_strerror(rc));
@@ -746,10 +748,14 @@ static void on_poll(uv_timer_t *t) {
       fetch(&s->src[i]);
 }
 
-/* Sets src->url, or src->refused with the reason the URL is not fetched. */
-static int classify_url(struct source *src, bool allow_loopback_http) {
+/* Sets src->url, or src->refused with the reason the URL is not fetched. https:// and webcal://
+ * sources reach public addresses only unless allow_local says otherwise; an allowed plain
+ * http:// source is on loopback by definition. */
+static int classify_url(struct source *src, bool allow_loopback_http, bool allow_local) {
   const char *u = src->source;
   const char *rest;
+
+  src->public_only = !allow_local;
 
   if (!strncasecmp(u, "webcal://", 9))
     rest = u + 9;
@@ -780,6 +786,8 @@ static int classify_url(struct source *src, bool allow_loopback_http) {
                !strcasecmp(host, "localhost");
   curl_free(host);
   curl_url_cleanup(cu);
+  if (loopback && allow_loopback_http)
+    src->public_only = false;
   if (!loopback || !allow_loopback_http)
     snprintf(src->refused, sizeof src->refused,
              "refused: plain http:// is not fetched (anyone on the way could change the plan); "
@@ -924,7 +932,7 @@ static int source_prepare(struct cp_sync *s, struct source *src, const struct cp
   if (strstr(in->source, "://")) {
     src->kind = KIND_REMOTE;
     src->report_refusal = true;
-    rc = classify_url(src, s->opts.allow_loopback_http);
+    rc = classify_url(src, s->opts.allow_loopback_http, s->opts.allow_local_calendars);
     if (rc)
       return rc;
     meta_load(src);

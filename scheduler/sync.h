@@ -27,6 +27,10 @@ struct cp_sync_opts {
   int64_t max_size;         /* bytes; larger bodies are refused */
   int64_t timeout_ms;       /* per request */
   bool allow_loopback_http; /* plain http:// to 127.0.0.1/::1 (tests, local Radicale) */
+  /* https:// and webcal:// sources may reach loopback, private and link-local addresses (an
+   * intranet CalDAV server). Default false: such addresses are refused after name resolution,
+   * on every redirect too. */
+  bool allow_local_calendars;
   /* A source has a new candidate (a local file changed, or a remote body differs from the
    * good copy). The daemon reads it with cp_sync_candidate_path() and answers with
    * cp_sync_accept() or by leaving it held. */

@@ -751,11 +751,36 @@ static void webcal_is_fetched_over_https(void **state) {
   char url[128];
   snprintf(url, sizeof url, "webcal://127.0.0.1:%d/cal.ics", f->ts.port);
   f->opts.timeout_ms = 2000;
+  f->opts.allow_local_calendars = true; /* the test server is on loopback */
   start(f, "remote", url);
   wait_for(f, &f->failed, 1, 5000);
   assert_int_equal(f->failed, 1);
   assert_null(strstr(f->why, "refused"));
   assert_non_null(strstr(f->why, "EPROTO"));
+}
+
+/* https:// and webcal:// sources reach public addresses only, unless allow_local_calendars: a
+ * plan URL cannot be pointed at this machine or the local network. The address is checked after
+ * name resolution (localhost too), so nothing reaches the server. */
+static void remote_local_addresses_refused_unless_allowed(void **state) {
+  struct fixture *f = *state;
+  char a[128], b[128], file_url[] = "file:///etc/passwd";
+  snprintf(a, sizeof a, "https://127.0.0.1:%d/cal.ics", f->ts.port);
+  snprintf(b, sizeof b, "webcal://localhost:%d/cal.ics", f->ts.port);
+  f->opts.allow_local_calendars = false;
+  f->opts.timeout_ms = 2000;
+  struct cp_sync_source srcs[] = {{"a", a}, {"b", b}, {"c", file_url}};
+  assert_int_equal(cp_sync_start(&f->opts, srcs, 3, &f->sync), 0);
+  wait_for(f, &f->failed, 3, 5000);
+  assert_int_equal(f->failed, 3);
+  assert_non_null(strstr(info_of(f, a).last_error, "local or private network"));
+  assert_non_null(strstr(info_of(f, b).last_error, "local or private network"));
+  assert_non_null(strstr(info_of(f, file_url).last_error, "unsupported"));
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 0); /* nothing reached the server */
+  json_decref(reqs);
+  assert_int_equal(f->changed, 0);
+  assert_int_equal(cp_sync_read_path(f->sync, a, (char[64]){0}, 64), CP_ENOTFOUND);
 }
 
 int main(void) {
@@ -784,6 +809,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(unreachable_server_fails_with_reason, setup_remote, teardown),
       cmocka_unit_test_setup_teardown(webcal_is_fetched_over_https, setup_remote, teardown),
+      cmocka_unit_test_setup_teardown(remote_local_addresses_refused_unless_allowed, setup_remote,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
