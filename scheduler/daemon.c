@@ -30,6 +30,7 @@
 #include "backoff.h"
 #include "calpost/connector.h"
 #include "calpost/err.h"
+#include "calpost/text.h"
 #include "config.h"
 #include "connector_registry.h"
 #include "control.h"
@@ -641,12 +642,52 @@ static void reload(struct daemon *d, bool force) {
 /* ---------------------------------------------------------------------------------------- */
 /* Notifications: failures, missed and unknown posts, auth problems, held plans.            */
 
+static void count_error(void *arg, bool error, const char *msg) {
+  (void)msg;
+  if (error)
+    ++*(int *)arg;
+}
+
+static bool note_valid(const struct channel *ch, const struct cp_post *p) {
+  int errors = 0;
+  if (ch->conn->validate)
+    ch->conn->validate(ch->inst, p, count_error, &errors);
+  return errors == 0;
+}
+
+/* Shortens a notification the notify channel would refuse (a 300-grapheme Bluesky post) to the
+ * longest whole-grapheme prefix it accepts, ending in an ellipsis: a long message still tells
+ * the operator what happened; the whole text is in the log. */
+static void note_fit(const struct channel *ch, struct cp_post *p, char *text) {
+  if (note_valid(ch, p))
+    return;
+  size_t full = strlen(text);
+  char *orig = strdup(text);
+  if (!orig)
+    return;
+  size_t lo = 0, hi = cp_text_graphemes(orig); /* the longest prefix that fits is in [lo, hi) */
+  while (lo + 1 < hi) {
+    size_t mid = lo + (hi - lo) / 2, n = cp_text_grapheme_prefix(orig, mid);
+    snprintf(text, full + 1, "%.*s\u2026", (int)n, orig);
+    if (note_valid(ch, p))
+      lo = mid;
+    else
+      hi = mid;
+  }
+  size_t n = cp_text_grapheme_prefix(orig, lo);
+  snprintf(text, full + 1, "%.*s\u2026", (int)n, orig);
+  free(orig);
+}
+
 static void notify(struct daemon *d, const char *fmt, ...) {
   char text[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
+  size_t bad;
+  if (cp_utf8_check(text, strlen(text), &bad) < 0) /* cut inside a character: drop its rest */
+    text[bad] = 0;
   redact(text);
   logf_(CP_LOG_WARN, "notify: %s", text);
   struct channel *ch = d->notify;
@@ -679,6 +720,7 @@ static void notify(struct daemon *d, const char *fmt, ...) {
   p->tzid = "UTC";
   p->title = "calpost notification";
   p->text = f->note_text;
+  note_fit(ch, p, f->note_text);
   f->req.host = &ch->host;
   f->req.attempt = 1;
   cp_connector_idempotency_key(p, f->key, sizeof f->key);

@@ -127,6 +127,20 @@ size_t cp_text_graphemes(const char *s) {
   return g.n;
 }
 
+size_t cp_text_grapheme_prefix(const char *s, size_t k) {
+  struct gcount g = {0};
+  const char *p = s;
+  while (*p) {
+    utf8proc_int32_t cp;
+    size_t n = next_cp(p, &cp);
+    gcount_feed(&g, cp);
+    if (g.n > k)
+      break;
+    p += n;
+  }
+  return (size_t)(p - s);
+}
+
 /* --- URLs -------------------------------------------------------------------------------- */
 
 static bool is_ascii_alnum(unsigned char c) {

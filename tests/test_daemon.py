@@ -551,6 +551,23 @@ def test_sighup_reloads_the_plan(ctx):
     assert d.proc.poll() is None
 
 
+def test_long_notification_is_shortened_to_fit_the_notify_channel(ctx):
+    # The notify channel accepts 80 characters (a Bluesky notify channel: 300 graphemes); the
+    # failure message is longer: it is cut at a grapheme boundary with an ellipsis, not dropped.
+    env = ctx.env(channels={"a": {}, "n": {"max_chars": "80"}}, extra="[notify]\nchannel = n\n")
+    T = next_second(2)
+    env.write_plan([Event("bad", T, "rejected post")])
+    reason = "the server refused this post because " + "\u00e9\u0301 " * 60
+    env.server.script([{"status": 400, "json": {"error": reason}}])
+    env.start()
+    env.wait_state(env.pid("bad"), "failed", 15)
+    note = env.wait_requests(1, 10, path="/n")[0]["json"]["text"]
+    assert note.endswith("\u2026") and len(note) <= 80, note
+    assert len(note) >= 60, "shortened more than needed: " + note
+    assert not note[:-1].endswith("\u00e9"), "a grapheme was split: " + repr(note[-3:])
+    assert "rejected" in note or "bad" in note or "failed" in note, note
+
+
 # --- 10. secrets ---------------------------------------------------------------------------------
 
 SECRET = "SENTINEL-hook-key-5f2c9a71e3"

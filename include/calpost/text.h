@@ -75,6 +75,8 @@ void cp_desc_free(struct cp_desc *d);
 size_t cp_text_codepoints(const char *s);
 size_t cp_text_utf16_len(const char *s); /* UTF-16 code units (Telegram, JavaScript) */
 size_t cp_text_graphemes(const char *s); /* extended grapheme clusters (utf8proc) */
+/* The length in bytes of the first k grapheme clusters of s (all of s if it has fewer). */
+size_t cp_text_grapheme_prefix(const char *s, size_t k);
 /* Mastodon: graphemes, each http(s) URL counts url_len (23), "@user@domain" counts "@user". */
 size_t cp_text_mastodon_len(const char *s, size_t url_len);
 /* X: twitter-text v3 weighted length after NFC (URLs 23, emoji 2, CJK 2), in characters
