@@ -130,10 +130,25 @@ static int split_budget(const char *text, size_t budget, enum cp_count mode, cha
     p++;
   while (*p) {
     size_t rest = strlen(p), nb = 0, take;
-    if (count_span(p, rest, mode) <= budget) {
+    /* The part ends within a window that already counts over the budget: grown from a guess by
+     * doubling (URLs count 23 whatever their length, so bytes do not bound it), so each part
+     * costs its own length, not the rest of the text. */
+    size_t win = budget * 4 + 64;
+    for (;;) {
+      if (win >= rest) {
+        win = rest;
+        break;
+      }
+      while (win < rest && ((unsigned char)p[win] & 0xC0) == 0x80) /* a whole character */
+        win++;
+      if (win >= rest || count_span(p, win, mode) > budget)
+        break;
+      win *= 2;
+    }
+    if (win == rest && count_span(p, rest, mode) <= budget) {
       take = rest;
     } else {
-      size_t *ends = grapheme_ends(p, p + rest, &nb);
+      size_t *ends = grapheme_ends(p, p + win, &nb);
       if (!ends) {
         rc = CP_ENOMEM;
         break;

@@ -286,6 +286,39 @@ static void split_keeps_every_word_within_the_limit(void **state) {
   cp_text_split_free(parts, n);
 }
 
+/* URLs count 23 on Mastodon however long they are: a part can hold many more bytes than its
+ * budget, and the split still fills parts (three long links a part here), never cuts a link and
+ * keeps every word, on a text of 1,000 links. */
+static void split_fills_parts_with_long_links(void **state) {
+  (void)state;
+  size_t cap = 1000 * 230 + 1, len = 0;
+  char *text = malloc(cap);
+  assert_non_null(text);
+  text[0] = '\0';
+  for (int i = 0; i < 1000; i++)
+    len += (size_t)snprintf(text + len, cap - len, "see https://example.org/%04d/%0180d ok ", i, 0);
+  char **parts;
+  size_t n;
+  assert_int_equal(cp_text_split(text, 100, CP_COUNT_MASTODON, false, &parts, &n), 0);
+  assert_true(n <= 1000 / 3 + 1);
+  size_t jcap = len + n + 1, jl = 0;
+  char *joined = malloc(jcap);
+  assert_non_null(joined);
+  for (size_t i = 0; i < n; i++) {
+    assert_true(cp_text_mastodon_len(parts[i], 23) <= 100);
+    jl += (size_t)snprintf(joined + jl, jcap - jl, "%s ", parts[i]);
+    for (const char *u = parts[i]; (u = strstr(u, "https://")); u += 8)
+      assert_true(strlen(u) >= 8 + 12 + 180 + 1); /* the whole link is in this part */
+  }
+  char *a = words(text), *b = words(joined);
+  assert_string_equal(a, b);
+  free(a);
+  free(b);
+  free(joined);
+  free(text);
+  cp_text_split_free(parts, n);
+}
+
 static void split_numbers_parts_within_the_limit(void **state) {
   char text[8192] = "";
   for (int i = 0; i < 200; i++)
@@ -340,6 +373,7 @@ int main(void) {
       cmocka_unit_test(find_urls),
       cmocka_unit_test(limits),
       cmocka_unit_test(split_keeps_every_word_within_the_limit),
+      cmocka_unit_test(split_fills_parts_with_long_links),
       cmocka_unit_test(split_numbers_parts_within_the_limit),
       cmocka_unit_test(split_text_that_fits_is_one_part),
       cmocka_unit_test(split_cuts_a_long_word_at_graphemes),
