@@ -20,7 +20,10 @@
  *
  * The state database. /metrics, /v1/posts and the dashboard read the daemon's SQLite file over a
  * read-only connection of their own (report.h's cp_report_db_open), in one read transaction per
- * request: WAL readers never block the daemon's writes. /v1/report is report.h's report. */
+ * request: WAL readers never block the daemon's writes. /v1/report is report.h's report. The
+ * report, the feed and the store's part of /metrics are built on libuv's thread pool (see
+ * "Off-loop answers"); /v1/posts reads a bounded page on the loop, since it asks the daemon for
+ * titles. */
 #include "control.h"
 
 #include <ctype.h>
@@ -115,6 +118,7 @@ struct cp_control {
   struct conn *conns;
   size_t n_conns;
   bool listening; /* the listener is open */
+  size_t n_jobs;  /* requests being answered on the thread pool */
   bool stopping;
   void (*done)(void *arg);
   void *done_arg;
@@ -832,13 +836,111 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Off-loop answers                                                                          */
+
+/* Reports, the feed and the store's part of /metrics read the whole state database (and the
+ * feed the plan): on libuv's thread pool, with a read-only connection of their own, so the loop
+ * keeps publishing on time. A job holds only copies and the config (read-only while the daemon
+ * runs); it answers on the loop. h2o disposes a request whose connection closes; the job hears
+ * of it through a shared slot in the request's pool and then only frees what it holds. */
+struct job {
+  uv_work_t work;
+  struct cp_control *c;
+  h2o_req_t *req;                 /* NULL once h2o disposed the request */
+  struct job **slot;              /* in req->pool; NULL once the request is gone */
+  void (*run)(struct job *j);     /* on a worker thread: no h2o, no daemon state */
+  void (*answer)(struct job *j);  /* on the loop, while the request is there */
+  void (*release)(struct job *j); /* on the loop: frees the job */
+};
+
+static void job_request_gone(void *p) {
+  struct job **slot = p;
+  if (*slot) {
+    (*slot)->req = NULL;
+    (*slot)->slot = NULL;
+  }
+}
+
+static void job_work(uv_work_t *w) {
+  struct job *j = CONTAINER(w, struct job, work);
+  j->run(j);
+}
+
+static void maybe_dispose(struct cp_control *c);
+static void maybe_done(struct cp_control *c);
+
+static void job_after(uv_work_t *w, int status) {
+  struct job *j = CONTAINER(w, struct job, work);
+  struct cp_control *c = j->c;
+  if (j->slot)
+    *j->slot = NULL;
+  if (j->req) {
+    if (status == 0)
+      j->answer(j);
+    else
+      respond(j->req, 503, error_json("not answered: %s", uv_strerror(status)), NULL);
+  }
+  j->release(j);
+  c->n_jobs--;
+  maybe_dispose(c);
+  maybe_done(c);
+}
+
+/* Queues j for req. Returns 0, or a libuv error: then the caller answers and frees j. */
+static int job_start(struct cp_control *c, h2o_req_t *req, struct job *j) {
+  j->c = c;
+  j->req = req;
+  j->slot = h2o_mem_alloc_shared(&req->pool, sizeof *j->slot, job_request_gone);
+  *j->slot = j;
+  int rc = uv_queue_work(c->loop, &j->work, job_work, job_after);
+  if (rc < 0) {
+    *j->slot = NULL;
+    return rc;
+  }
+  c->n_jobs++;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* GET /v1/report                                                                            */
+
+struct report_job {
+  struct job j;
+  int64_t from, to;
+  char *channel;
+  int rc;
+  struct cp_report *r;
+  char msg[512];
+};
+
+static void report_run(struct job *j) {
+  struct report_job *rj = (struct report_job *)j;
+  struct cp_report_opts o = {.from_ms = rj->from, .to_ms = rj->to, .channel = rj->channel};
+  rj->rc = cp_report_build(j->c->cfg, &o, &rj->r, rj->msg, sizeof rj->msg);
+}
+
+static void report_answer(struct job *j) {
+  struct report_job *rj = (struct report_job *)j;
+  if (rj->rc < 0) {
+    respond(j->req, rj->rc == CP_ENOTFOUND ? 404 : 500,
+            error_json("%s", rj->msg[0] ? rj->msg : cp_strerror(rj->rc)), NULL);
+    return;
+  }
+  json_t *out = cp_report_json(rj->r);
+  respond(j->req, out ? 200 : 500, out, NULL);
+}
+
+static void report_release(struct job *j) {
+  struct report_job *rj = (struct report_job *)j;
+  cp_report_free(rj->r);
+  free(rj->channel);
+  free(rj);
+}
 
 static void report_request(struct cp_control *c, h2o_req_t *req) {
   struct param q[] = {{"since", NULL}, {"until", NULL}, {"channel", NULL}};
   size_t nq = sizeof q / sizeof q[0];
   json_t *err = NULL;
-  struct cp_report *r = NULL;
   int status = parse_query(req, q, nq, true, &err);
   if (status)
     goto out;
@@ -860,18 +962,25 @@ static void report_request(struct cp_control *c, h2o_req_t *req) {
     err = error_json("since is after until");
     goto out;
   }
-  struct cp_report_opts o = {.from_ms = from, .to_ms = to, .channel = q[2].value};
-  char msg[512] = "";
-  int rc = cp_report_build(c->cfg, &o, &r, msg, sizeof msg);
-  if (rc < 0) {
-    status = rc == CP_ENOTFOUND ? 404 : 500;
-    err = error_json("%s", msg[0] ? msg : cp_strerror(rc));
+  struct report_job *rj = calloc(1, sizeof *rj);
+  if (!rj || (q[2].value && !(rj->channel = strdup(q[2].value)))) {
+    free(rj);
+    status = 500;
+    err = error_json("out of memory");
     goto out;
   }
-  json_t *out = cp_report_json(r);
-  cp_report_free(r);
+  rj->from = from;
+  rj->to = to;
+  rj->j.run = report_run;
+  rj->j.answer = report_answer;
+  rj->j.release = report_release;
+  if (job_start(c, req, &rj->j) < 0) {
+    report_run(&rj->j);
+    rj->j.req = req;
+    report_answer(&rj->j);
+    report_release(&rj->j);
+  }
   params_free(q, nq);
-  respond(req, out ? 200 : 500, out, NULL);
   return;
 out:
   params_free(q, nq);
@@ -1083,20 +1192,62 @@ static bool metrics_from_daemon(struct cp_control *c, struct metrics *m, json_in
   return true;
 }
 
+/* The daemon's counters are read on the loop when the request comes; the store's numbers on the
+ * thread pool; the text is written on the loop. */
+struct metrics_job {
+  struct job j;
+  struct metrics m;
+  json_int_t refreshes, failures;
+  int held;
+  bool daemon, engagement, store;
+};
+
+static void metrics_run(struct job *j) {
+  struct metrics_job *mj = (struct metrics_job *)j;
+  mj->store = metrics_from_store(j->c, &mj->m, &mj->engagement) == 0;
+}
+
+static void metrics_answer(struct job *j);
+
+static void metrics_release(struct job *j) {
+  struct metrics_job *mj = (struct metrics_job *)j;
+  for (size_t i = 0; i < mj->m.n; i++)
+    free(mj->m.v[i].name);
+  free(mj->m.v);
+  free(mj);
+}
+
 static void metrics_request(struct cp_control *c, h2o_req_t *req) {
-  struct metrics m = {0};
-  struct text t = {0};
+  struct metrics_job *mj = calloc(1, sizeof *mj);
+  if (!mj) {
+    respond(req, 500, error_json("out of memory"), NULL);
+    return;
+  }
   /* Configured channels first, so that a channel with nothing stored yet shows zeros. */
   for (size_t i = 0; i < c->cfg->n_channels; i++) {
-    struct mchan *ch = mchan_get(&m, c->cfg->channels[i].name);
+    struct mchan *ch = mchan_get(&mj->m, c->cfg->channels[i].name);
     if (ch)
       ch->configured = true;
   }
-  json_int_t refreshes = 0, failures = 0;
-  int held = 0;
-  bool daemon = metrics_from_daemon(c, &m, &refreshes, &failures, &held);
-  bool engagement = false;
-  bool store = metrics_from_store(c, &m, &engagement) == 0;
+  mj->daemon = metrics_from_daemon(c, &mj->m, &mj->refreshes, &mj->failures, &mj->held);
+  mj->j.run = metrics_run;
+  mj->j.answer = metrics_answer;
+  mj->j.release = metrics_release;
+  if (job_start(c, req, &mj->j) < 0) {
+    metrics_run(&mj->j);
+    metrics_answer(&mj->j);
+    metrics_release(&mj->j);
+  }
+}
+
+static void metrics_answer(struct job *j) {
+  struct metrics_job *mj = (struct metrics_job *)j;
+  struct metrics m = mj->m;
+  h2o_req_t *req = j->req;
+  json_int_t refreshes = mj->refreshes, failures = mj->failures;
+  int held = mj->held;
+  bool daemon = mj->daemon, engagement = mj->engagement, store = mj->store;
+  struct text t = {0};
 
   family(&t, "calpost_build_info", "gauge", "The calpost version serving these metrics.");
   tprintf(&t, "calpost_build_info{version=\"%s\"} 1\n", CALPOST_VERSION);
@@ -1170,9 +1321,6 @@ static void metrics_request(struct cp_control *c, h2o_req_t *req) {
            "Whether a plan change waits for `calpost confirm` (1) or not (0).");
     tprintf(&t, "calpost_plan_change_held %d\n", held);
   }
-  for (size_t i = 0; i < m.n; i++)
-    free(m.v[i].name);
-  free(m.v);
   if (t.oom || m.oom || !t.p) {
     free(t.p);
     respond(req, 500, error_json("out of memory"), NULL);
@@ -1325,7 +1473,35 @@ static void login_request(struct cp_control *c, h2o_req_t *req, bool tcp) {
 }
 
 /* GET /v1/feed.ics?since=90d: the published feed (feed.h), for editors to subscribe to next to
- * their plan. Built on the loop like /v1/report: it reads the state database and the plan. */
+ * their plan. Built off the loop like /v1/report: it reads the state database and the plan. */
+struct feed_job {
+  struct job j;
+  int64_t since;
+  int rc;
+  char *ics;
+  char msg[512];
+};
+
+static void feed_run(struct job *j) {
+  struct feed_job *fj = (struct feed_job *)j;
+  fj->rc = cp_feed_build_msg(j->c->cfg, fj->since, &fj->ics, fj->msg, sizeof fj->msg);
+}
+
+static void feed_answer(struct job *j) {
+  struct feed_job *fj = (struct feed_job *)j;
+  if (fj->rc < 0)
+    respond(j->req, fj->rc == CP_ENOTFOUND ? 404 : 500,
+            error_json("%s", fj->msg[0] ? fj->msg : cp_strerror(fj->rc)), NULL);
+  else
+    send_body(j->req, 200, "text/calendar; charset=utf-8", fj->ics, strlen(fj->ics));
+}
+
+static void feed_release(struct job *j) {
+  struct feed_job *fj = (struct feed_job *)j;
+  free(fj->ics);
+  free(fj);
+}
+
 static void feed_request(struct cp_control *c, h2o_req_t *req) {
   struct param q[] = {{"since", NULL}};
   json_t *err = NULL;
@@ -1340,15 +1516,20 @@ static void feed_request(struct cp_control *c, h2o_req_t *req) {
     respond(req, status, err, NULL);
     return;
   }
-  char *ics = NULL, msg[512] = "";
-  int rc = cp_feed_build_msg(c->cfg, since, &ics, msg, sizeof msg);
-  if (rc < 0) {
-    respond(req, rc == CP_ENOTFOUND ? 404 : 500, error_json("%s", msg[0] ? msg : cp_strerror(rc)),
-            NULL);
+  struct feed_job *fj = calloc(1, sizeof *fj);
+  if (!fj) {
+    respond(req, 500, error_json("out of memory"), NULL);
     return;
   }
-  send_body(req, 200, "text/calendar; charset=utf-8", ics, strlen(ics));
-  free(ics);
+  fj->since = since;
+  fj->j.run = feed_run;
+  fj->j.answer = feed_answer;
+  fj->j.release = feed_release;
+  if (job_start(c, req, &fj->j) < 0) {
+    feed_run(&fj->j);
+    feed_answer(&fj->j);
+    feed_release(&fj->j);
+  }
 }
 
 /* The endpoints that need the state database. Returns false for other paths. */
@@ -1424,7 +1605,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
 static void on_barrier_closed(uv_handle_t *h);
 
 static void maybe_done(struct cp_control *c) {
-  if (c->listening || c->tcp_open || c->n_conns || c->barrier_phase < 2)
+  if (c->listening || c->tcp_open || c->n_conns || c->n_jobs || c->barrier_phase < 2)
     return;
   void (*done)(void *) = c->done;
   void *arg = c->done_arg;
@@ -1439,7 +1620,7 @@ static void maybe_done(struct cp_control *c) {
  * call returns at once, so we set it and restore the caller's own uv_stop() afterwards. The
  * handles it closed finish through the ordinary loop, and the barrier waits for them. */
 static void maybe_dispose(struct cp_control *c) {
-  if (!c->stopping || c->disposed)
+  if (!c->stopping || c->disposed || c->n_jobs)
     return;
   for (struct conn *k = c->conns; k; k = k->next)
     if (!uv_is_closing(&k->u.handle))

@@ -353,6 +353,40 @@ def test_a_429_counts_as_a_rate_limit_wait(ctx):
     d.stop()
 
 
+def test_off_loop_answers_survive_clients_that_leave_and_a_stop(ctx):
+    # /metrics, /v1/report and /v1/feed.ics are built on the thread pool. Clients that hang up
+    # before the answer, and a SIGTERM while answers are being built, must neither crash the
+    # daemon (the ASan build runs this too) nor keep it from stopping.
+    env = control_env(ctx, {"a": {}})
+    T = next_second(2)
+    env.write_plan([Event("p%d" % i, T, "post %d" % i, ["a"]) for i in range(20)])
+    d = env.start()
+    port = tcp_port(d)
+    for i in range(20):
+        env.wait_state(env.pid("p%d" % i), "sent", 30)
+    request = ("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + "\r\n\r\n")
+    paths = ("/metrics", "/v1/report?since=30d", "/v1/feed.ics")
+    for round_ in range(10):
+        for path in paths:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall((request % path).encode())
+            s.close()  # gone before the answer
+    for path in paths:  # the daemon still answers, correctly
+        status, _, body = get(port, path, token=TOKEN)
+        assert status == 200, (path, status, body[:300])
+    assert "post 7" in get(port, "/v1/feed.ics", token=TOKEN)[2]
+    pending = []
+    for path in paths * 3:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall((request % path).encode())
+        pending.append(s)
+    rc = d.stop()
+    assert rc == 0, "exit %s after a SIGTERM with answers in flight:\n%s" % (rc, d.log()[-2000:])
+    for s in pending:
+        s.close()
+    no_secret_in_logs(env, TOKEN)
+
+
 # --- 3. configuration mistakes are refused at start ---------------------------------------------
 
 def refused(env, *needles):
@@ -419,5 +453,6 @@ if __name__ == "__main__":
                test_dashboard_session_cookie_reads_but_cannot_act,
                test_metrics_posts_and_report_match_the_scenario,
                test_a_429_counts_as_a_rate_limit_wait,
+               test_off_loop_answers_survive_clients_that_leave_and_a_stop,
                test_config_mistakes_are_refused_with_file_line_and_key,
                test_ipv6_loopback_and_a_port_in_use])
