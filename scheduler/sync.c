@@ -203,78 +203,6 @@ static int write_atomic(const char *dir, const char *path, const void *data, siz
   return rc;
 }
 
-/* Reads at most max bytes of path into a new NUL-terminated buffer. Returns 0, -errno, or
- * CP_ETOOBIG if the file is larger than max. */
-static int read_bounded(const char *path, size_t max, char **out, size_t *out_len) {
-  struct stat st;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  int rc = 0;
-
-  *out = NULL;
-  *out_len = 0;
-  if (fd < 0)
-    return -errno;
-  if (fstat(fd, &st) < 0) {
-    rc = -errno;
-    close(fd);
-    return rc;
-  }
-  if (S_ISDIR(st.st_mode)) {
-    close(fd);
-    return -EISDIR;
-  }
-  if (st.st_size > (off_t)max) {
-    close(fd);
-    return CP_ETOOBIG;
-  }
-  size_t cap = (size_t)st.st_size + 1, len = 0;
-  char *buf = malloc(cap + 1);
-  if (!buf) {
-    close(fd);
-    return CP_ENOMEM;
-  }
-  /* The file may grow while we read: read until EOF, never past max. */
-  for (;;) {
-    if (len == cap) {
-      if (len > max) {
-        rc = CP_ETOOBIG;
-        break;
-      }
-      size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
-      if (ncap <= cap)
-        ncap = cap + 1;
-      char *nb = realloc(buf, ncap + 1);
-      if (!nb) {
-        rc = CP_ENOMEM;
-        break;
-      }
-      buf = nb;
-      cap = ncap;
-    }
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0) {
-      rc = -errno;
-      break;
-    }
-    if (r == 0)
-      break;
-    len += (size_t)r;
-  }
-  close(fd);
-  if (!rc && len > max)
-    rc = CP_ETOOBIG;
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  buf[len] = '\0';
-  *out = buf;
-  *out_len = len;
-  return 0;
-}
-
 static bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
@@ -394,28 +322,111 @@ static int cmp_names(const void *a, const void *b) {
   return strcoll(*(char *const *)a, *(char *const *)b);
 }
 
-/* Reads a local source: the file, or a folder's *.ics files concatenated in name order. Sets
- * *complete if every file ends with END:VCALENDAR. Returns 0, or a negative code with a
- * sentence for people in why. */
-static int read_local(struct source *src, char **out, size_t *out_len, bool *complete, char *why,
-                      size_t wl) {
-  size_t max = (size_t)src->s->opts.max_size;
-  int rc;
+/* A local source's content, copied into a temporary file next to the candidate while it is
+ * read and hashed: a plan can be large, and is never held in memory whole. */
+struct local_copy {
+  char *tmp; /* NULL: no temporary file (left) */
+  int fd;
+  EVP_MD_CTX *md;
+  size_t len;
+  char tail[4096]; /* the last bytes of the current file, for ends_with_end */
+  size_t n_tail;
+  unsigned char hash[HASH_LEN];
+};
 
-  *complete = true;
-  if (src->kind == KIND_FILE) {
-    rc = read_bounded(src->source, max, out, out_len);
-    if (rc == CP_ETOOBIG)
-      snprintf(why, wl, "%s is larger than max_file_size (%zu bytes)", src->source, max);
-    else if (rc)
-      snprintf(why, wl, "cannot read %s: %s", src->source, cp_strerror(rc));
-    else
-      *complete = ends_with_end(*out, *out_len);
+static void copy_discard(struct local_copy *c) {
+  if (c->tmp) {
+    close(c->fd);
+    unlink(c->tmp);
+    free(c->tmp);
+    c->tmp = NULL;
+  }
+  EVP_MD_CTX_free(c->md);
+  c->md = NULL;
+}
+
+static int copy_open(struct source *src, struct local_copy *c) {
+  memset(c, 0, sizeof *c);
+  c->fd = -1;
+  if (asprintf(&c->tmp, "%s.tmp-XXXXXX", src->cand_path) < 0) {
+    c->tmp = NULL;
+    return CP_ENOMEM;
+  }
+  c->fd = mkostemp(c->tmp, O_CLOEXEC); /* mode 0600 */
+  if (c->fd < 0) {
+    int rc = -errno;
+    free(c->tmp);
+    c->tmp = NULL;
     return rc;
   }
+  c->md = EVP_MD_CTX_new();
+  if (!c->md || !EVP_DigestInit_ex(c->md, EVP_sha256(), NULL)) {
+    copy_discard(c);
+    return CP_ENOMEM;
+  }
+  return 0;
+}
 
-  /* A folder: scandir's own alphasort would be the same order; names are collected first so
-   * that one file vanishing between listing and reading is an error for that file only. */
+static int copy_write(struct local_copy *c, const char *p, size_t n) {
+  EVP_DigestUpdate(c->md, p, n);
+  c->len += n;
+  if (n >= sizeof c->tail) {
+    memcpy(c->tail, p + n - sizeof c->tail, sizeof c->tail);
+    c->n_tail = sizeof c->tail;
+  } else {
+    size_t keep = c->n_tail + n > sizeof c->tail ? sizeof c->tail - n : c->n_tail;
+    memmove(c->tail, c->tail + c->n_tail - keep, keep);
+    memcpy(c->tail + keep, p, n);
+    c->n_tail = keep + n;
+  }
+  while (n) {
+    ssize_t w = write(c->fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -errno;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Appends the file at path to c, failing with CP_ETOOBIG past max bytes in c. Returns 0, -errno
+ * (-EISDIR for a folder) or CP_ETOOBIG. */
+static int copy_file(struct local_copy *c, const char *path, size_t max) {
+  char buf[65536];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  struct stat st;
+  int rc = fstat(fd, &st) < 0 ? -errno : S_ISDIR(st.st_mode) ? -EISDIR : 0;
+  if (!rc && st.st_size > 0 && (size_t)st.st_size > max - c->len)
+    rc = CP_ETOOBIG;
+  c->n_tail = 0;
+  while (!rc) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      rc = -errno;
+    else if (r == 0)
+      break;
+    else if ((size_t)r > max - c->len) /* it grew while we read */
+      rc = CP_ETOOBIG;
+    else
+      rc = copy_write(c, buf, (size_t)r);
+  }
+  close(fd);
+  return rc;
+}
+
+/* The folder part of read_local: every *.ics file, one line break between files. */
+static int read_folder(struct source *src, struct local_copy *c, bool *complete, char *why,
+                       size_t wl) {
+  size_t max = (size_t)src->s->opts.max_size;
+  int rc;
+  /* scandir's own alphasort would be the same order; names are collected first so that one
+   * file vanishing between listing and reading is an error for that file only. */
   DIR *d = opendir(src->dir);
   if (!d) {
     rc = -errno;
@@ -453,18 +464,15 @@ static int read_local(struct source *src, char **out, size_t *out_len, bool *com
   }
   if (n > 1)
     qsort(names, n, sizeof *names, cmp_names);
-
-  char *all = NULL;
-  size_t len = 0;
   for (size_t i = 0; !rc && i < n; i++) {
-    char *path = NULL, *part = NULL;
-    size_t plen = 0;
+    char *path = NULL;
     if (asprintf(&path, "%s/%s", src->dir, names[i]) < 0) {
       rc = CP_ENOMEM;
       break;
     }
-    rc = read_bounded(path, max - len, &part, &plen);
-    if (rc == -ENOENT) {
+    size_t before = c->len;
+    rc = copy_file(c, path, max);
+    if (rc == -ENOENT && c->len == before) {
       rc = 0; /* removed since the listing: a later event re-reads */
     } else if (rc == -EISDIR) {
       rc = 0;
@@ -473,26 +481,15 @@ static int read_local(struct source *src, char **out, size_t *out_len, bool *com
                max);
     } else if (rc) {
       snprintf(why, wl, "cannot read %s: %s", path, cp_strerror(rc));
-    } else {
-      if (!ends_with_end(part, plen))
+    } else if (c->len > before) {
+      if (!ends_with_end(c->tail, c->n_tail))
         *complete = false;
       /* One line break between files, so one END:VCALENDAR never runs into the next BEGIN. */
-      bool nl = plen && part[plen - 1] != '\n';
-      char *na = realloc(all, len + plen + 3);
-      if (!na) {
-        rc = CP_ENOMEM;
-      } else {
-        all = na;
-        memcpy(all + len, part, plen);
-        len += plen;
-        if (nl) {
-          memcpy(all + len, "\r\n", 2);
-          len += 2;
-        }
-        all[len] = '\0';
-      }
+      if (c->tail[c->n_tail - 1] != '\n')
+        rc = copy_write(c, "\r\n", 2);
+    } else {
+      *complete = false; /* an empty file */
     }
-    free(part);
     free(path);
   }
   for (size_t i = 0; i < n; i++)
@@ -500,18 +497,83 @@ static int read_local(struct source *src, char **out, size_t *out_len, bool *com
   free(names);
   if (rc == CP_ENOMEM)
     snprintf(why, wl, "out of memory reading %s", src->dir);
-  if (rc) {
-    free(all);
+  return rc;
+}
+
+/* Reads a local source (the file, or a folder's *.ics files concatenated in name order) into a
+ * temporary copy c with its hash. Sets *complete if every file ends with END:VCALENDAR. Returns
+ * 0, or a negative code with a sentence for people in why (and no copy left). */
+static int read_local(struct source *src, struct local_copy *c, bool *complete, char *why,
+                      size_t wl) {
+  size_t max = (size_t)src->s->opts.max_size;
+  int rc;
+
+  *complete = true;
+  if ((rc = copy_open(src, c)) < 0) {
+    snprintf(why, wl, "cannot write the cache file %s: %s", src->cand_path, cp_strerror(rc));
     return rc;
   }
-  if (!all)
-    all = strdup("");
-  if (!all) {
-    snprintf(why, wl, "out of memory reading %s", src->dir);
-    return CP_ENOMEM;
+  if (src->kind == KIND_FILE) {
+    rc = copy_file(c, src->source, max);
+    if (rc == CP_ETOOBIG)
+      snprintf(why, wl, "%s is larger than max_file_size (%zu bytes)", src->source, max);
+    else if (rc)
+      snprintf(why, wl, "cannot read %s: %s", src->source, cp_strerror(rc));
+    else
+      *complete = ends_with_end(c->tail, c->n_tail);
+  } else {
+    rc = read_folder(src, c, complete, why, wl);
   }
-  *out = all;
-  *out_len = len;
+  if (rc) {
+    copy_discard(c);
+    return rc;
+  }
+  EVP_DigestFinal_ex(c->md, c->hash, NULL);
+  return 0;
+}
+
+/* offer() for a local copy: the same, except that the copy becomes the candidate by a rename.
+ * The copy is used up either way. */
+static int offer_copy(struct source *src, struct local_copy *c, bool *changed) {
+  struct cp_sync *s = src->s;
+  const unsigned char *h = c->hash;
+
+  *changed = false;
+  const unsigned char *cur = src->have_cand   ? src->cand_hash
+                             : src->have_good ? src->good_hash
+                                              : NULL;
+  if (cur && !memcmp(cur, h, HASH_LEN)) {
+    copy_discard(c);
+    return 0;
+  }
+  if (src->have_cand && src->have_good && !memcmp(src->good_hash, h, HASH_LEN)) {
+    copy_discard(c);
+    /* Back to the good copy (an edit undone): the candidate is stale. */
+    if (unlink(src->cand_path) < 0 && errno != ENOENT)
+      return -errno;
+    fsync_dir(s->cal_dir);
+    src->have_cand = false;
+    *changed = true;
+    return 0;
+  }
+  int rc = fsync(c->fd) < 0 ? -errno : 0;
+  if (close(c->fd) < 0 && !rc)
+    rc = -errno;
+  c->fd = -1;
+  if (!rc && rename(c->tmp, src->cand_path) < 0)
+    rc = -errno;
+  if (rc)
+    unlink(c->tmp);
+  else
+    rc = fsync_dir(s->cal_dir);
+  free(c->tmp);
+  c->tmp = NULL;
+  copy_discard(c);
+  if (rc)
+    return rc;
+  memcpy(src->cand_hash, h, HASH_LEN);
+  src->have_cand = true;
+  *changed = true;
   return 0;
 }
 
@@ -520,14 +582,13 @@ static void on_debounce(uv_timer_t *t) {
   struct source *src = t->data;
   struct cp_sync *s = src->s;
   char why[512];
-  char *data = NULL;
-  size_t len = 0;
+  struct local_copy c;
   bool complete, changed;
 
   if (s->stopping)
     return;
   start_watch(src);
-  int rc = read_local(src, &data, &len, &complete, why, sizeof why);
+  int rc = read_local(src, &c, &complete, why, sizeof why);
   if (rc) {
     src->waiting = false;
     fail(src, "%s", why);
@@ -542,13 +603,12 @@ static void on_debounce(uv_timer_t *t) {
     if (now - src->incomplete_ms < CP_SYNC_SETTLE_MS) {
       /* Probably still being written; a later event restarts this timer too. */
       uv_timer_start(&src->debounce, on_debounce, (uint64_t)s->opts.debounce_ms, 0);
-      free(data);
+      copy_discard(&c);
       return;
     }
   }
   src->waiting = false;
-  rc = offer(src, data, len, &changed);
-  free(data);
+  rc = offer_copy(src, &c, &changed);
   if (rc) {
     fail(src, "cannot write the cache file %s: %s", src->cand_path, cp_strerror(rc));
     return;
@@ -972,18 +1032,16 @@ static int source_prepare(struct cp_sync *s, struct source *src, const struct cp
  * Returns false if the source should be re-read from the loop (to report a problem). */
 static bool source_first_read(struct source *src) {
   char why[512];
-  char *data = NULL;
-  size_t len;
+  struct local_copy c;
   bool complete, changed;
 
-  if (read_local(src, &data, &len, &complete, why, sizeof why))
+  if (read_local(src, &c, &complete, why, sizeof why))
     return false;
   if (!complete) {
-    free(data); /* half-written at start: the loop waits for the rest, then announces it */
+    copy_discard(&c); /* half-written at start: the loop waits for the rest, then announces it */
     return false;
   }
-  int rc = offer(src, data, len, &changed);
-  free(data);
+  int rc = offer_copy(src, &c, &changed);
   if (rc)
     return false;
   succeeded(src);
