@@ -32,11 +32,11 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <utf8proc.h>
-#include <uv.h>
 
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 #include "http.h"
 
@@ -67,11 +67,8 @@ struct discord {
 };
 
 struct blob {
-  unsigned char *data;
-  size_t len;
-  char *type;
-  char *name; /* safe and unique in the message: files[n], attachments and attachment:// */
-  bool embed; /* an image Discord shows in an embed */
+  struct cp_cu_media m; /* m.name: safe and unique in the message (files[n], attachment://) */
+  bool embed;           /* an image Discord shows in an embed */
 };
 
 enum stage { POSTING, GUILD_LOOKUP, LOGIN };
@@ -102,84 +99,19 @@ static const char *const image_exts[] = {"jpg", "jpeg", "png", "webp", "gif", NU
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-/* Replaces every occurrence of secret in s by "***" (in place). */
-static void scrub(char *s, const char *secret) {
-  size_t sl = secret ? strlen(secret) : 0;
-  if (sl < 3)
-    return;
-  for (char *p = strstr(s, secret); p; p = strstr(p + 3, secret)) {
-    memmove(p + 3, p + sl, strlen(p + sl) + 1);
-    memcpy(p, "***", 3);
-  }
-}
-
-static int parse_bool(const char *v) {
-  static const char *const yes[] = {"yes", "true", "on", "1", NULL};
-  static const char *const no[] = {"no", "false", "off", "0", NULL};
-  for (size_t i = 0; yes[i]; i++)
-    if (!strcasecmp(v, yes[i]))
-      return 1;
-  for (size_t i = 0; no[i]; i++)
-    if (!strcasecmp(v, no[i]))
-      return 0;
-  return -1;
-}
-
-static void media_ext(const char *src, char *ext, size_t size) {
-  size_t end = strcspn(src, "?#");
-  size_t start = end;
-  while (start > 0 && src[start - 1] != '/')
-    start--;
-  ext[0] = '\0';
-  for (size_t i = end; i > start; i--)
-    if (src[i - 1] == '.') {
-      size_t n = end - i;
-      if (n >= size)
-        n = size - 1;
-      for (size_t k = 0; k < n; k++)
-        ext[k] = (char)(src[i + k] >= 'A' && src[i + k] <= 'Z' ? src[i + k] + 32 : src[i + k]);
-      ext[n] = '\0';
-      return;
-    }
-}
-
-static bool in_list(const char *s, const char *const *list) {
-  for (size_t i = 0; list[i]; i++)
-    if (!strcmp(s, list[i]))
-      return true;
-  return false;
-}
-
 /* True if the post has media that may be images: an image extension, or none (a URL such as
  * .../photo?id=3). Decided without I/O, so that validate and every message agree. */
 static bool has_images(const struct cp_post *post) {
   char ext[16];
   for (size_t i = 0; i < post->n_media; i++) {
-    media_ext(post->media[i].src, ext, sizeof ext);
-    if (!*ext || in_list(ext, image_exts))
+    cp_cu_media_ext(post->media[i].src, ext, sizeof ext, true);
+    if (!*ext || cp_cu_in_list(ext, image_exts))
       return true;
   }
   return false;
 }
 
 /* ---- text for embeds ---------------------------------------------------------------------- */
-
-/* The code point at p (U+FFFD for an invalid byte) and its length in bytes. */
-static size_t next_cp(const char *p, utf8proc_int32_t *cp) {
-  utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)p, -1, cp);
-  if (n <= 0) {
-    *cp = 0xFFFD;
-    return 1;
-  }
-  return (size_t)n;
-}
-
-static bool is_space_cp(utf8proc_int32_t cp) {
-  if (cp == ' ' || (cp >= '\t' && cp <= '\r'))
-    return true;
-  utf8proc_category_t c = utf8proc_category(cp);
-  return c == UTF8PROC_CATEGORY_ZS || c == UTF8PROC_CATEGORY_ZL || c == UTF8PROC_CATEGORY_ZP;
-}
 
 static bool is_blank(char c) {
   return c == ' ' || c == '\t';
@@ -198,19 +130,19 @@ static char *cut_text(const char *s, size_t max) {
   const char *p = s, *space = NULL, *grapheme = s;
   utf8proc_int32_t prev = -1, cp, state = 0;
   for (size_t n = 0; *p && n < max - 1; n++) {
-    size_t len = next_cp(p, &cp);
+    size_t len = cp_cu_utf8_next(p, &cp);
     if (prev >= 0 && utf8proc_grapheme_break_stateful(prev, cp, &state))
       grapheme = p;
-    if (is_space_cp(cp))
+    if (cp_cu_is_space(cp))
       space = p;
     prev = cp;
     p += len;
   }
-  next_cp(p, &cp); /* the first code point that does not fit: s is longer than max */
+  cp_cu_utf8_next(p, &cp); /* the first code point that does not fit: s is longer than max */
   const char *cut = p;
-  if (!is_space_cp(cp) && space)
+  if (!cp_cu_is_space(cp) && space)
     cut = space;
-  else if (!is_space_cp(cp) && !utf8proc_grapheme_break_stateful(prev, cp, &state))
+  else if (!cp_cu_is_space(cp) && !utf8proc_grapheme_break_stateful(prev, cp, &state))
     cut = grapheme;
   while (cut > s && is_ws(cut[-1]))
     cut--;
@@ -374,7 +306,7 @@ static const char *image_ext_of(const char *type) {
 /* The name of upload i: the loaded file name made safe for multipart and attachment:// (see
  * safe_chars, no leading '.'), with the extension Discord needs to show an image of this type in
  * an embed, and unique among the uploads before it ("-2", "-3" before the extension). Sets
- * b->name and b->embed; returns 0 or CP_ENOMEM. */
+ * b->m.name (replacing the loaded name) and b->embed; returns 0 or CP_ENOMEM. */
 static int name_upload(struct blob *b, const char *loaded, const struct blob *prev, size_t n_prev) {
   const char *dot = strrchr(loaded, '.');
   size_t stem_len =
@@ -388,23 +320,27 @@ static int name_upload(struct blob *b, const char *loaded, const struct blob *pr
     stem[0] = '_';
   if (!sn)
     snprintf(stem, sizeof stem, "media");
-  const char *img = image_ext_of(b->type);
-  media_ext(ext, want_ext, sizeof want_ext);
-  if (img && !in_list(want_ext, image_exts))
+  const char *img = image_ext_of(b->m.type);
+  cp_cu_media_ext(ext, want_ext, sizeof want_ext, true);
+  if (img && !cp_cu_in_list(want_ext, image_exts))
     snprintf(ext + strlen(ext), sizeof ext - strlen(ext), ".%s", img);
   char name[NAME_MAX_BYTES + 16];
   snprintf(name, sizeof name, "%s%s", stem, ext);
   for (int k = 2;; k++) {
     bool taken = false;
     for (size_t i = 0; i < n_prev && !taken; i++)
-      taken = !strcasecmp(prev[i].name, name);
+      taken = !strcasecmp(prev[i].m.name, name);
     if (!taken)
       break;
     snprintf(name, sizeof name, "%s-%d%s", stem, k, ext);
   }
-  b->name = strdup(name);
+  char *unique = strdup(name);
+  if (!unique)
+    return CP_ENOMEM;
+  free(b->m.name);
+  b->m.name = unique;
   b->embed = img != NULL;
-  return b->name ? 0 : CP_ENOMEM;
+  return 0;
 }
 
 /* Checks the webhook URL (https, or http to this machine) and derives the URL to post to (with
@@ -423,7 +359,7 @@ static int parse_webhook_url(struct discord *d, bool *odd_path) {
       curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
     goto out;
-  bool loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
+  bool loop = cp_cu_loopback_host(host, false);
   if (strcmp(scheme, "https") && !(loop && !strcmp(scheme, "http")))
     goto out;
   size_t pl = strlen(path);
@@ -499,16 +435,13 @@ static int discord_init(const struct cp_host *host, const struct cp_connector_co
     discord_free(d);
     return CP_ENOMEM;
   }
-  err = host->secret(host, conf, "url", &d->url);
+  err = cp_cu_conf_secret(host, conf, "url",
+                          "the webhook URL: 'url_file = FILE' or 'url_env = VARIABLE' (Server "
+                          "Settings > Integrations > Webhooks > Copy Webhook URL)",
+                          &d->url);
   if (err) {
-    d->url = NULL;
-    if (err == CP_ENOTFOUND)
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] needs the webhook URL: 'url_file = FILE' or 'url_env = "
-                "VARIABLE' (Server Settings > Integrations > Webhooks > Copy Webhook URL)",
-                conf->file, conf->line, conf->name);
     discord_free(d);
-    return err == CP_ENOTFOUND ? CP_ECONFIG : err;
+    return err;
   }
   err = parse_webhook_url(d, &odd);
   if (err) {
@@ -561,34 +494,17 @@ static int discord_init(const struct cp_host *host, const struct cp_connector_co
       return CP_ENOMEM;
     }
   }
-  line = conf->line;
-  v = conf->get(conf, "link_preview", &line);
-  if (v) {
-    int b = parse_bool(v);
-    if (b < 0) {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] link_preview: '%s' is not yes or no",
-                conf->file, line, conf->name, v);
-      discord_free(d);
-      return CP_ECONFIG;
-    }
-    d->link_preview = b;
+  int preview = d->link_preview;
+  char what[64];
+  snprintf(what, sizeof what, "a number from 1 to %d (Discord's limit)", TEXT_MAX);
+  err = cp_cu_conf_bool(host, conf, "link_preview", &preview);
+  if (!err)
+    err = cp_cu_conf_count(host, conf, "max_chars", 1, TEXT_MAX, what, &d->max_chars);
+  if (err) {
+    discord_free(d);
+    return err;
   }
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0 || m > TEXT_MAX) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] max_chars: '%s' is not a number from 1 to %d (Discord's "
-                "limit)",
-                conf->file, line, conf->name, v, TEXT_MAX);
-      discord_free(d);
-      return CP_ECONFIG;
-    }
-    d->max_chars = (size_t)m;
-  }
+  d->link_preview = preview;
   *instance = d;
   return 0;
 }
@@ -623,7 +539,7 @@ static int discord_validate(void *instance, const struct cp_post *post, cp_diag_
   }
   for (size_t i = 0; i < post->n_media; i++) {
     const struct cp_media *m = &post->media[i];
-    media_ext(m->src, ext, sizeof ext);
+    cp_cu_media_ext(m->src, ext, sizeof ext, true);
     bool known = false;
     for (size_t k = 0; media_exts[k] && !known; k++)
       known = !strcmp(ext, media_exts[k]);
@@ -652,12 +568,8 @@ static int discord_validate(void *instance, const struct cp_post *post, cp_diag_
              tn, EMBED_TITLE_MAX);
     diag(arg, false, msg);
   }
-  const char *silent = cp_post_option(post, "silent");
-  if (silent && parse_bool(silent) < 0) {
-    snprintf(msg, sizeof msg, "silent = '%.60s': write yes or no", silent);
-    diag(arg, true, msg);
+  if (!cp_cu_option_bool_ok(post, "silent", diag, arg))
     bad = 1;
-  }
   return bad ? CP_EINVAL : 0;
 }
 
@@ -668,11 +580,8 @@ static void job_free(struct job *j) {
     return;
   if (j->parts)
     cp_text_split_free(j->parts, j->n_parts);
-  for (size_t i = 0; i < j->n_loaded; i++) {
-    free(j->media[i].data);
-    free(j->media[i].type);
-    free(j->media[i].name);
-  }
+  for (size_t i = 0; i < j->n_loaded; i++)
+    cp_cu_media_clear(&j->media[i].m);
   free(j->media);
   free(j);
 }
@@ -689,8 +598,8 @@ static void finish(struct job *j, struct cp_result *res) {
       snprintf(res->remote_url, sizeof res->remote_url, "https://discord.com/channels/%s/%s/%s",
                d->guild_id, j->channel_id, j->first_id);
   }
-  scrub(res->message, d->url);
-  scrub(res->message, d->token);
+  cp_cu_scrub(res->message, d->url);
+  cp_cu_scrub(res->message, d->token);
   if (j->stage != LOGIN) {
     if (res->outcome == CP_OUTCOME_OK)
       d->host->log(d->host, CP_LOG_INFO, "post %s sent: message %s", j->post->id, res->remote_id);
@@ -708,11 +617,8 @@ static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...
 static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...) {
   struct cp_result res;
   va_list ap;
-  memset(&res, 0, sizeof res);
-  res.outcome = o;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(res.message, sizeof res.message, fmt, ap);
+  cp_cu_result_vset(&res, o, err, fmt, ap);
   va_end(ap);
   finish(j, &res);
 }
@@ -741,7 +647,7 @@ static json_t *payload(const struct job *j, bool with_media) {
       if (!j->media[i].embed)
         continue;
       char url[NAME_MAX_BYTES + 32];
-      snprintf(url, sizeof url, "attachment://%s", j->media[i].name);
+      snprintf(url, sizeof url, "attachment://%s", j->media[i].m.name);
       bad = json_array_append_new(embeds, json_pack("{s:{s:s}}", "image", "url", url));
     }
     if (!bad && !has_images(j->post)) {
@@ -774,7 +680,7 @@ static json_t *payload(const struct job *j, bool with_media) {
     bad = bad || !att;
     for (size_t i = 0; !bad && i < j->n_media; i++) {
       const char *alt = j->post->media[i].alt;
-      json_t *a = json_pack("{s:I, s:s}", "id", (json_int_t)i, "filename", j->media[i].name);
+      json_t *a = json_pack("{s:I, s:s}", "id", (json_int_t)i, "filename", j->media[i].m.name);
       if (a && alt && *alt)
         json_object_set_new(a, "description", json_string(alt));
       bad = !a || json_array_append_new(att, a);
@@ -808,10 +714,10 @@ static int send_part(struct job *j) {
     for (size_t i = 0; i < j->n_media; i++) {
       snprintf(names[i], sizeof names[i], "files[%zu]", i);
       parts[i + 1] = (struct cp_http_part){.name = names[i],
-                                           .filename = j->media[i].name,
-                                           .content_type = j->media[i].type,
-                                           .data = (const char *)j->media[i].data,
-                                           .len = j->media[i].len};
+                                           .filename = j->media[i].m.name,
+                                           .content_type = j->media[i].m.type,
+                                           .data = (const char *)j->media[i].m.data,
+                                           .len = j->media[i].m.len};
     }
     hr.parts = parts;
     hr.n_parts = j->n_media + 1;
@@ -851,8 +757,7 @@ static void next_step(struct job *j) {
 
 static void record(struct job *j, const char *id) {
   size_t len = strlen(j->progress);
-  snprintf(j->progress + len, sizeof j->progress - len, "%s%zu=%s", len ? ";" : "", j->next + 1,
-           id);
+  cp_cu_progress_put(j->progress, sizeof j->progress, &len, "", j->next + 1, id);
   if (!j->first_id[0])
     snprintf(j->first_id, sizeof j->first_id, "%s", id);
   int err = j->req->host->save_progress(j->req, j->progress);
@@ -962,12 +867,11 @@ static void refine(struct job *j, const struct cp_http_resp *resp, json_t *root,
     snprintf(hint, sizeof hint,
              "not Discord's answer (is the webhook URL right?): the message may have been sent");
   }
-  char full[CP_RESULT_MESSAGE_MAX + 300], codes[40] = "";
+  char codes[40] = "";
   if (json_is_integer(code))
     snprintf(codes, sizeof codes, " (code %" JSON_INTEGER_FORMAT ")", json_integer_value(code));
-  snprintf(full, sizeof full, "HTTP %ld%s%s%s%s%s", resp->status, msg ? ": " : "", msg ? msg : "",
-           codes, hint[0] ? ": " : "", hint);
-  cp_connector_copy_text(res->message, sizeof res->message, full, strlen(full));
+  cp_cu_result_msg(res, "HTTP %ld%s%s%s%s%s", resp->status, msg ? ": " : "", msg ? msg : "", codes,
+                   hint[0] ? ": " : "", hint);
 }
 
 static void on_response(const struct cp_http_resp *resp, void *data) {
@@ -988,11 +892,8 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
   }
   refine(j, resp, root, &res);
   if (res.outcome != CP_OUTCOME_OK || j->stage == LOGIN) {
-    if (res.outcome != CP_OUTCOME_OK && j->n_parts > 1) {
-      char full[CP_RESULT_MESSAGE_MAX + 48];
-      snprintf(full, sizeof full, "part %zu of %zu: %s", j->next + 1, j->n_parts, res.message);
-      cp_connector_copy_text(res.message, sizeof res.message, full, strlen(full));
-    }
+    if (res.outcome != CP_OUTCOME_OK && j->n_parts > 1)
+      cp_cu_result_msg(&res, "part %zu of %zu: %s", j->next + 1, j->n_parts, res.message);
     if (res.outcome == CP_OUTCOME_OK)
       copy_id(json_object_get(root, "guild_id"), j->d->guild_id, sizeof j->d->guild_id);
     json_decref(root);
@@ -1008,82 +909,49 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
   next_step(j);
 }
 
-static enum cp_outcome media_outcome(int err) {
-  switch (err) {
-    case -ENOENT:
-    case -EACCES:
-    case -EISDIR:
-    case CP_ETOOBIG:
-    case CP_EINVAL:
-    case CP_EPARSE:
-    case CP_ENOTFOUND:
-    case CP_ELIMIT:
-      return CP_OUTCOME_PERMANENT;
-    default:
-      return CP_OUTCOME_RETRY;
-  }
-}
-
 static void on_media(const struct cp_media_blob *blob, void *data) {
   struct job *j = data;
   const struct cp_media *m = &j->post->media[j->n_loaded];
 
   if (blob->err) {
-    fail(j, media_outcome(blob->err), blob->err, "media '%.100s': %s", m->src,
+    fail(j, cp_cu_media_outcome(blob->err), blob->err, "media '%.100s': %s", m->src,
          blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
   struct blob *b = &j->media[j->n_loaded];
-  b->data = malloc(blob->len ? blob->len : 1);
-  b->type = strdup(blob->content_type ? blob->content_type : "application/octet-stream");
-  if (b->type)
-    name_upload(b, blob->filename && *blob->filename ? blob->filename : "media", j->media,
-                j->n_loaded);
   j->n_loaded++;
-  if (!b->data || !b->type || !b->name) {
+  if (cp_cu_media_copy(&b->m, blob) || name_upload(b, b->m.name, j->media, j->n_loaded - 1)) {
     fail(j, CP_OUTCOME_RETRY, CP_ENOMEM, "media '%.100s': out of memory", m->src);
     return;
   }
-  memcpy(b->data, blob->data, blob->len);
-  b->len = blob->len;
   if (j->n_loaded < j->n_media) {
     int err = j->req->host->media_load(j->req, &j->post->media[j->n_loaded], on_media, j);
     if (err)
-      fail(j, media_outcome(err), err, "media '%.100s': %s", j->post->media[j->n_loaded].src,
+      fail(j, cp_cu_media_outcome(err), err, "media '%.100s': %s", j->post->media[j->n_loaded].src,
            cp_strerror(err));
     return;
   }
   next_step(j);
 }
 
+static int resume_part(void *arg, size_t k, const char *id) {
+  struct job *j = arg;
+  size_t len = strlen(j->progress);
+  if (k > j->next)
+    j->next = k;
+  if (k == 1)
+    snprintf(j->first_id, sizeof j->first_id, "%s", id);
+  cp_cu_progress_put(j->progress, sizeof j->progress, &len, "", k, id);
+  return 0;
+}
+
+/* Reads "1=<id>;2=<id>" from an earlier attempt: those parts are not sent again. */
 static void resume(struct job *j, const char *progress) {
-  char copy[1024], *save = NULL;
-  snprintf(copy, sizeof copy, "%s", progress ? progress : "");
-  for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
-    char *eq = strchr(tok, '='), *end;
-    if (!eq)
-      continue;
-    *eq = '\0';
-    unsigned long k = strtoul(tok, &end, 10);
-    if (*end || k == 0 || k > j->n_parts)
-      continue;
-    if (k > j->next)
-      j->next = k;
-    if (k == 1)
-      snprintf(j->first_id, sizeof j->first_id, "%s", eq + 1);
-    size_t len = strlen(j->progress);
-    snprintf(j->progress + len, sizeof j->progress - len, "%s%s=%s", len ? ";" : "", tok, eq + 1);
-  }
+  cp_cu_progress_each(progress, "", j->n_parts, resume_part, j);
 }
 
-static void deferred_closed(uv_handle_t *h) {
-  free(h);
-}
-
-static void deferred(uv_timer_t *timer) {
-  struct job *j = timer->data;
-  uv_close((uv_handle_t *)timer, deferred_closed);
-  next_step(j);
+static void deferred(void *arg) {
+  next_step(arg);
 }
 
 static int discord_publish(void *instance, const struct cp_post *post,
@@ -1100,26 +968,13 @@ static int discord_publish(void *instance, const struct cp_post *post,
   j->post = post;
   j->req = req;
   j->stage = POSTING;
-  const char *silent = cp_post_option(post, "silent");
-  j->silent = silent && parse_bool(silent) == 1;
+  j->silent = cp_cu_option_bool(post, "silent", 0);
   j->n_media = post->n_media > MEDIA_MAX ? MEDIA_MAX : post->n_media;
-  if (post->thread && cp_text_codepoints(text) > limit) {
-    err = cp_text_split(text, limit, CP_COUNT_CODEPOINTS, post->numbered, &j->parts, &j->n_parts);
-    if (err) {
-      job_free(j);
-      return err;
-    }
-  } else {
-    j->parts = malloc(sizeof *j->parts);
-    if (j->parts)
-      j->parts[0] = strdup(text);
-    if (!j->parts || !j->parts[0]) {
-      free(j->parts);
-      j->parts = NULL;
-      job_free(j);
-      return CP_ENOMEM;
-    }
-    j->n_parts = 1;
+  err = cp_cu_text_parts(text, post->thread && cp_text_codepoints(text) > limit, limit,
+                         CP_COUNT_CODEPOINTS, post->numbered, &j->parts, &j->n_parts);
+  if (err) {
+    job_free(j);
+    return err;
   }
   if (j->n_media) {
     j->media = calloc(j->n_media, sizeof *j->media);
@@ -1133,14 +988,7 @@ static int discord_publish(void *instance, const struct cp_post *post,
   if (j->n_media && j->next == 0) {
     err = req->host->media_load(req, &post->media[0], on_media, j);
   } else {
-    uv_timer_t *timer = malloc(sizeof *timer);
-    err = timer ? uv_timer_init(d->host->loop, timer) : CP_ENOMEM;
-    if (!err) {
-      timer->data = j;
-      uv_timer_start(timer, deferred, 0, 0);
-    } else {
-      free(timer);
-    }
+    err = cp_cu_call_later(d->host, 0, deferred, j);
   }
   if (err) {
     job_free(j);

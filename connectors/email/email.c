@@ -35,11 +35,11 @@
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
-#include <uv.h>
 
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 
 #define DEFAULT_TIMEOUT_MS 60000L
@@ -87,9 +87,9 @@ struct send {
   struct att *att;
   size_t n_att;
   struct cp_result res;
-  uv_timer_t *defer;
-  bool in_publish;
-  bool sync_fail;
+  bool in_publish; /* publish has not returned yet: completion must wait for the loop */
+  bool finished;   /* finished inside publish: publish frees s */
+  int soon_err;    /* then: cp_cu_complete_soon's error, which publish returns */
 };
 
 static const char *const known_keys[] = {"server",   "from",           "to",           "bcc",
@@ -116,104 +116,24 @@ static void email_free(void *instance) {
   free(e);
 }
 
-/* ---- a growing buffer ----------------------------------------------------------------------- */
-
-struct buf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n) {
-  if (b->oom)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s) {
-  buf_add(b, s, strlen(s));
-}
-
-static void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void buf_printf(struct buf *b, const char *fmt, ...) {
-  char tmp[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (n < 0 || (size_t)n >= sizeof tmp) {
-    b->oom = true; /* only short, fixed texts go through here */
-    return;
-  }
-  buf_add(b, tmp, (size_t)n);
-}
-
 /* ---- encodings ------------------------------------------------------------------------------ */
 
-/* Appends s[0..n) HTML-escaped; in text (not attr), line ends become "<br>" and a line end. */
-static void buf_html(struct buf *b, const char *s, size_t n, bool attr) {
-  for (size_t i = 0; i < n; i++) {
-    switch (s[i]) {
-      case '&':
-        buf_str(b, "&amp;");
-        break;
-      case '<':
-        buf_str(b, "&lt;");
-        break;
-      case '>':
-        buf_str(b, "&gt;");
-        break;
-      case '"':
-        buf_str(b, "&quot;");
-        break;
-      case '\'':
-        buf_str(b, "&#39;");
-        break;
-      case '\r':
-        if (i + 1 < n && s[i + 1] == '\n')
-          break;
-        buf_str(b, attr ? " " : "<br>\n");
-        break;
-      case '\n':
-        buf_str(b, attr ? " " : "<br>\n");
-        break;
-      default:
-        buf_add(b, s + i, 1);
-    }
-  }
-}
-
 /* Appends the text as an HTML fragment: escaped, http(s) links as <a href>. */
-static void buf_text_html(struct buf *b, const char *text) {
+static void buf_text_html(struct cp_cu_buf *b, const char *text) {
   const char *p = text;
   size_t ulen = 0;
   while (*p) {
     const char *u = cp_text_find_url(p, &ulen);
     if (!u || !ulen) {
-      buf_html(b, p, strlen(p), false);
+      cp_cu_buf_html(b, p, strlen(p), false, "<br>\n");
       return;
     }
-    buf_html(b, p, (size_t)(u - p), false);
-    buf_str(b, "<a href=\"");
-    buf_html(b, u, ulen, true);
-    buf_str(b, "\">");
-    buf_html(b, u, ulen, false);
-    buf_str(b, "</a>");
+    cp_cu_buf_html(b, p, (size_t)(u - p), false, "<br>\n");
+    cp_cu_buf_str(b, "<a href=\"");
+    cp_cu_buf_html(b, u, ulen, true, "<br>\n");
+    cp_cu_buf_str(b, "\">");
+    cp_cu_buf_html(b, u, ulen, false, "<br>\n");
+    cp_cu_buf_str(b, "</a>");
     p = u + ulen;
   }
 }
@@ -221,14 +141,14 @@ static void buf_text_html(struct buf *b, const char *text) {
 /* Appends s quoted-printable (RFC 2045 6.7): line ends (LF or CRLF) become CRLF, lines are at
  * most 76 characters (soft breaks "="), '=' and bytes outside printable ASCII are =XX, and so
  * is white space before a line end. Ends with CRLF. */
-static void buf_qp(struct buf *b, const char *s) {
+static void buf_qp(struct cp_cu_buf *b, const char *s) {
   static const char hex[] = "0123456789ABCDEF";
   size_t col = 0;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '\r' && p[1] == '\n')
       continue;
     if (*p == '\n' || *p == '\r') {
-      buf_str(b, "\r\n");
+      cp_cu_buf_str(b, "\r\n");
       col = 0;
       continue;
     }
@@ -239,35 +159,35 @@ static void buf_qp(struct buf *b, const char *s) {
     size_t w = enc ? 3 : 1;
     /* Leave room for the soft break's "=", unless this is the line's last character. */
     if (col + w > (eol ? QP_LINE : QP_LINE - 1)) {
-      buf_str(b, "=\r\n");
+      cp_cu_buf_str(b, "=\r\n");
       col = 0;
     }
     if (enc) {
       char e3[3] = {'=', hex[*p >> 4], hex[*p & 15]};
-      buf_add(b, e3, 3);
+      cp_cu_buf_add(b, e3, 3);
     } else {
-      buf_add(b, (const char *)p, 1);
+      cp_cu_buf_add(b, (const char *)p, 1);
     }
     col += w;
   }
   if (col)
-    buf_str(b, "\r\n");
+    cp_cu_buf_str(b, "\r\n");
 }
 
 /* Appends data base64-encoded in lines of 76 characters, each ending in CRLF. */
-static void buf_base64(struct buf *b, const unsigned char *data, size_t len) {
+static void buf_base64(struct cp_cu_buf *b, const unsigned char *data, size_t len) {
   unsigned char line[80];
   for (size_t off = 0; off < len; off += 57) {
     size_t n = len - off < 57 ? len - off : 57;
     int w = EVP_EncodeBlock(line, data + off, (int)n);
-    buf_add(b, (const char *)line, (size_t)w);
-    buf_str(b, "\r\n");
+    cp_cu_buf_add(b, (const char *)line, (size_t)w);
+    cp_cu_buf_str(b, "\r\n");
   }
 }
 
 /* Appends s as RFC 2047 encoded words (UTF-8, base64), each at most 39 bytes of s (64
  * characters), never cutting a character, separated by sep (a fold: "\r\n "). */
-static void buf_encoded_words(struct buf *b, const char *s, const char *sep) {
+static void buf_encoded_words(struct cp_cu_buf *b, const char *s, const char *sep) {
   size_t len = strlen(s), off = 0;
   unsigned char out[64];
   while (off < len) {
@@ -276,10 +196,10 @@ static void buf_encoded_words(struct buf *b, const char *s, const char *sep) {
       n--; /* do not cut before a continuation byte */
     int w = EVP_EncodeBlock(out, (const unsigned char *)s + off, (int)n);
     if (off)
-      buf_str(b, sep);
-    buf_str(b, "=?UTF-8?B?");
-    buf_add(b, (const char *)out, (size_t)w);
-    buf_str(b, "?=");
+      cp_cu_buf_str(b, sep);
+    cp_cu_buf_str(b, "=?UTF-8?B?");
+    cp_cu_buf_add(b, (const char *)out, (size_t)w);
+    cp_cu_buf_str(b, "?=");
     off += n;
   }
 }
@@ -294,7 +214,7 @@ static bool is_ascii_printable(const char *s) {
 /* Appends the unstructured header text s (no line ends) starting at column col: as it is,
  * folded at spaces, if it is printable ASCII with short words and nothing that looks like an
  * encoded word; else as encoded words. */
-static void buf_unstructured(struct buf *b, const char *s, size_t col) {
+static void buf_unstructured(struct cp_cu_buf *b, const char *s, size_t col) {
   bool plain = is_ascii_printable(s) && !strstr(s, "=?");
   for (const char *p = s; plain && *p;) {
     size_t wl = strcspn(p, " ");
@@ -311,13 +231,13 @@ static void buf_unstructured(struct buf *b, const char *s, size_t col) {
     size_t wl = strcspn(p, " ");
     if (!first) {
       if (col + 1 + wl > 78) {
-        buf_str(b, "\r\n");
+        cp_cu_buf_str(b, "\r\n");
         col = 0;
       }
-      buf_str(b, " ");
+      cp_cu_buf_str(b, " ");
       col++;
     }
-    buf_add(b, p, wl);
+    cp_cu_buf_add(b, p, wl);
     col += wl;
     first = false;
     p += wl;
@@ -408,10 +328,10 @@ static int parse_mailbox(const char *s, size_t n, char **name, char **addr) {
 
 /* Appends a mailbox for a header: the name (as atoms, a quoted string or encoded words) and
  * <addr>, or addr alone. */
-static void buf_mailbox(struct buf *b, const char *name, const char *addr) {
+static void buf_mailbox(struct cp_cu_buf *b, const char *name, const char *addr) {
   static const char special_ok[] = "!#$%&'*+-/=?^_`{|}~ ";
   if (!name) {
-    buf_str(b, addr);
+    cp_cu_buf_str(b, addr);
     return;
   }
   bool atoms = true;
@@ -419,21 +339,21 @@ static void buf_mailbox(struct buf *b, const char *name, const char *addr) {
     atoms = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
             strchr(special_ok, *p);
   if (atoms && !strstr(name, "=?")) {
-    buf_str(b, name);
+    cp_cu_buf_str(b, name);
   } else if (is_ascii_printable(name)) {
-    buf_str(b, "\"");
+    cp_cu_buf_str(b, "\"");
     for (const char *p = name; *p; p++) {
       if (*p == '"' || *p == '\\')
-        buf_str(b, "\\");
-      buf_add(b, p, 1);
+        cp_cu_buf_str(b, "\\");
+      cp_cu_buf_add(b, p, 1);
     }
-    buf_str(b, "\"");
+    cp_cu_buf_str(b, "\"");
   } else {
     buf_encoded_words(b, name, "\r\n ");
   }
-  buf_str(b, " <");
-  buf_str(b, addr);
-  buf_str(b, ">");
+  cp_cu_buf_str(b, " <");
+  cp_cu_buf_str(b, addr);
+  cp_cu_buf_str(b, ">");
 }
 
 /* ---- configuration -------------------------------------------------------------------------- */
@@ -454,27 +374,6 @@ static int cfg_error(struct email *e, const struct cp_connector_conf *conf, int 
   e->host->log(e->host, CP_LOG_ERROR, "%s:%d: [channel %s] %s", conf->file, line, conf->name, msg);
   email_free(e);
   return CP_ECONFIG;
-}
-
-static int parse_bool(const char *v) {
-  if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcasecmp(v, "on") || !strcmp(v, "1"))
-    return 1;
-  if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcasecmp(v, "off") || !strcmp(v, "0"))
-    return 0;
-  return -1;
-}
-
-static long parse_timeout(const char *s) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || v <= 0)
-    return -1;
-  if (!strcmp(end, "ms"))
-    return v > MAX_TIMEOUT_MS ? -1 : v;
-  if ((*end && strcmp(end, "s")) || v > MAX_TIMEOUT_MS / 1000)
-    return -1;
-  return v * 1000;
 }
 
 /* Checks server (smtp:// or smtps://) and stores it in e->server with a port (smtp:// without
@@ -514,7 +413,7 @@ out:
 /* Parses the comma-separated `to` list into e->rcpt and e->to_hdr. Returns 0, CP_EINVAL with the
  * bad entry in bad (size bytes), or CP_ENOMEM. */
 static int set_recipients(struct email *e, const char *to, bool bcc, char *bad, size_t size) {
-  struct buf hdr = {0};
+  struct cp_cu_buf hdr = {0};
   size_t n = 1;
   for (const char *p = to; *p; p++)
     n += *p == ',';
@@ -538,7 +437,7 @@ static int set_recipients(struct email *e, const char *to, bool bcc, char *bad, 
         return rc;
       }
       if (e->n_rcpt && !bcc)
-        buf_str(&hdr, ",\r\n ");
+        cp_cu_buf_str(&hdr, ",\r\n ");
       if (!bcc)
         buf_mailbox(&hdr, name, addr);
       free(name);
@@ -554,7 +453,7 @@ static int set_recipients(struct email *e, const char *to, bool bcc, char *bad, 
     return CP_EINVAL;
   }
   if (bcc)
-    buf_str(&hdr, "undisclosed-recipients:;");
+    cp_cu_buf_str(&hdr, "undisclosed-recipients:;");
   if (hdr.oom) {
     free(hdr.p);
     return CP_ENOMEM;
@@ -612,7 +511,7 @@ static int email_init(const struct cp_host *host, const struct cp_connector_conf
     email_free(e);
     return rc;
   }
-  struct buf fb = {0};
+  struct cp_cu_buf fb = {0};
   buf_mailbox(&fb, from_name, e->from_addr);
   free(from_name);
   if (fb.oom) {
@@ -625,7 +524,7 @@ static int email_init(const struct cp_host *host, const struct cp_connector_conf
 
   line = conf->line;
   v = conf->get(conf, "bcc", &line);
-  if (v && (bcc = parse_bool(v)) < 0)
+  if (v && (bcc = cp_cu_parse_bool(v)) < 0)
     return cfg_error(e, conf, line, "bcc: '%s' is not yes or no", v);
 
   line = conf->line;
@@ -646,7 +545,7 @@ static int email_init(const struct cp_host *host, const struct cp_connector_conf
   line = conf->line;
   v = conf->get(conf, "starttls", &line);
   if (v) {
-    int tls = parse_bool(v);
+    int tls = cp_cu_parse_bool(v);
     if (tls < 0)
       return cfg_error(e, conf, line, "starttls: '%s' is not yes or no", v);
     if (smtps)
@@ -690,7 +589,7 @@ static int email_init(const struct cp_host *host, const struct cp_connector_conf
 
   line = conf->line;
   v = conf->get(conf, "timeout", &line);
-  if (v && (e->timeout_ms = parse_timeout(v)) < 0)
+  if (v && (e->timeout_ms = cp_cu_parse_timeout(v, MAX_TIMEOUT_MS)) < 0)
     return cfg_error(e, conf, line,
                      "timeout: '%s' is not a duration such as 60 or 500ms (at most 600 s)", v);
 
@@ -868,28 +767,28 @@ static void safe_filename(const char *in, char *out, size_t size) {
     snprintf(out, size, "media");
 }
 
-static void buf_alternative(struct buf *b, const char *text, const char *boundary) {
-  struct buf html = {0};
-  buf_str(&html, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n<p>");
+static void buf_alternative(struct cp_cu_buf *b, const char *text, const char *boundary) {
+  struct cp_cu_buf html = {0};
+  cp_cu_buf_str(&html, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n<p>");
   buf_text_html(&html, text);
-  buf_str(&html, "</p>\n</body></html>\n");
+  cp_cu_buf_str(&html, "</p>\n</body></html>\n");
   if (html.oom) {
     b->oom = true;
     free(html.p);
     return;
   }
   size_t tl = strlen(text);
-  buf_printf(b, "--%s\r\n", boundary);
-  buf_str(b, "Content-Type: text/plain; charset=utf-8\r\n"
-             "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+  cp_cu_buf_printf(b, "--%s\r\n", boundary);
+  cp_cu_buf_str(b, "Content-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
   buf_qp(b, text);
   if (!tl)
-    buf_str(b, "\r\n");
-  buf_printf(b, "--%s\r\n", boundary);
-  buf_str(b, "Content-Type: text/html; charset=utf-8\r\n"
-             "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+    cp_cu_buf_str(b, "\r\n");
+  cp_cu_buf_printf(b, "--%s\r\n", boundary);
+  cp_cu_buf_str(b, "Content-Type: text/html; charset=utf-8\r\n"
+                   "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
   buf_qp(b, html.p);
-  buf_printf(b, "--%s--\r\n", boundary);
+  cp_cu_buf_printf(b, "--%s--\r\n", boundary);
   free(html.p);
 }
 
@@ -898,7 +797,7 @@ static char *build_message(struct send *s, size_t *len) {
   struct email *e = s->e;
   const struct cp_post *post = s->post;
   const char *text = post->text ? post->text : "";
-  struct buf b = {0};
+  struct cp_cu_buf b = {0};
   char date[64], alt_b[128], mix_b[128];
 
   char *subject = subject_of(post);
@@ -920,44 +819,44 @@ static char *build_message(struct send *s, size_t *len) {
   snprintf(alt_b, sizeof alt_b, "=_calpost_alt_%s", s->key);
   snprintf(mix_b, sizeof mix_b, "=_calpost_mix_%s", s->key);
 
-  buf_str(&b, "From: ");
-  buf_str(&b, e->from_hdr);
-  buf_str(&b, "\r\nTo: ");
-  buf_str(&b, e->to_hdr);
-  buf_str(&b, "\r\nSubject: ");
+  cp_cu_buf_str(&b, "From: ");
+  cp_cu_buf_str(&b, e->from_hdr);
+  cp_cu_buf_str(&b, "\r\nTo: ");
+  cp_cu_buf_str(&b, e->to_hdr);
+  cp_cu_buf_str(&b, "\r\nSubject: ");
   buf_unstructured(&b, subject, 9);
-  buf_printf(&b, "\r\nDate: %s\r\n", date);
-  buf_str(&b, "Message-ID: <");
-  buf_str(&b, s->msgid);
-  buf_str(&b, ">\r\nMIME-Version: 1.0\r\n");
+  cp_cu_buf_printf(&b, "\r\nDate: %s\r\n", date);
+  cp_cu_buf_str(&b, "Message-ID: <");
+  cp_cu_buf_str(&b, s->msgid);
+  cp_cu_buf_str(&b, ">\r\nMIME-Version: 1.0\r\n");
   if (!s->n_att) {
-    buf_printf(&b, "Content-Type: multipart/alternative;\r\n boundary=\"%s\"\r\n\r\n", alt_b);
+    cp_cu_buf_printf(&b, "Content-Type: multipart/alternative;\r\n boundary=\"%s\"\r\n\r\n", alt_b);
     buf_alternative(&b, text, alt_b);
   } else {
-    buf_printf(&b, "Content-Type: multipart/mixed;\r\n boundary=\"%s\"\r\n\r\n", mix_b);
-    buf_printf(&b, "--%s\r\n", mix_b);
-    buf_printf(&b, "Content-Type: multipart/alternative;\r\n boundary=\"%s\"\r\n\r\n", alt_b);
+    cp_cu_buf_printf(&b, "Content-Type: multipart/mixed;\r\n boundary=\"%s\"\r\n\r\n", mix_b);
+    cp_cu_buf_printf(&b, "--%s\r\n", mix_b);
+    cp_cu_buf_printf(&b, "Content-Type: multipart/alternative;\r\n boundary=\"%s\"\r\n\r\n", alt_b);
     buf_alternative(&b, text, alt_b);
     for (size_t i = 0; i < s->n_att; i++) {
       const struct att *a = &s->att[i];
       char fname[128];
       safe_filename(a->fname, fname, sizeof fname);
-      buf_printf(&b, "--%s\r\n", mix_b);
-      buf_printf(&b, "Content-Type: %s;\r\n name=\"%s\"\r\n", a->ctype, fname);
-      buf_printf(&b, "Content-Disposition: inline;\r\n filename=\"%s\"\r\n", fname);
-      buf_str(&b, "Content-Transfer-Encoding: base64\r\n");
+      cp_cu_buf_printf(&b, "--%s\r\n", mix_b);
+      cp_cu_buf_printf(&b, "Content-Type: %s;\r\n name=\"%s\"\r\n", a->ctype, fname);
+      cp_cu_buf_printf(&b, "Content-Disposition: inline;\r\n filename=\"%s\"\r\n", fname);
+      cp_cu_buf_str(&b, "Content-Transfer-Encoding: base64\r\n");
       if (a->alt && *a->alt) {
         for (char *p = a->alt; *p; p++)
           if ((unsigned char)*p < 32 || *p == 127)
             *p = ' ';
-        buf_str(&b, "Content-Description: ");
+        cp_cu_buf_str(&b, "Content-Description: ");
         buf_unstructured(&b, a->alt, 21);
-        buf_str(&b, "\r\n");
+        cp_cu_buf_str(&b, "\r\n");
       }
-      buf_str(&b, "\r\n");
+      cp_cu_buf_str(&b, "\r\n");
       buf_base64(&b, a->data, a->len);
     }
-    buf_printf(&b, "--%s--\r\n", mix_b);
+    cp_cu_buf_printf(&b, "--%s--\r\n", mix_b);
   }
   free(subject);
   if (b.oom) {
@@ -1036,19 +935,6 @@ static void send_free(struct send *s) {
   free(s);
 }
 
-static void on_deferred_closed(uv_handle_t *h) {
-  struct send *s = h->data;
-  const struct cp_publish_req *req = s->req;
-  struct cp_result res = s->res;
-  free(h);
-  send_free(s);
-  req->host->complete(req, &res);
-}
-
-static void on_deferred(uv_timer_t *t) {
-  uv_close((uv_handle_t *)t, on_deferred_closed);
-}
-
 /* Completes with s->res and frees s; from inside publish, on the next loop turn instead. */
 static void finish(struct send *s) {
   const struct cp_publish_req *req = s->req;
@@ -1065,15 +951,9 @@ static void finish(struct send *s) {
     host->log(host, CP_LOG_WARN, "post %s not mailed (%s): %s", s->post->id,
               cp_outcome_name(s->res.outcome), s->res.message);
   if (s->in_publish) {
-    s->defer = malloc(sizeof *s->defer);
-    if (s->defer && uv_timer_init(host->loop, s->defer) == 0) {
-      s->defer->data = s;
-      uv_timer_start(s->defer, on_deferred, 0, 0);
-      return;
-    }
-    free(s->defer);
-    s->defer = NULL;
-    s->sync_fail = true; /* publish returns an error instead */
+    /* publish frees s and returns soon_err (then nothing completes). */
+    s->finished = true;
+    s->soon_err = cp_cu_complete_soon(req, &s->res);
     return;
   }
   struct cp_result res = s->res;
@@ -1086,14 +966,9 @@ static void fail_local(struct send *s, enum cp_outcome outcome, int err, const c
 
 static void fail_local(struct send *s, enum cp_outcome outcome, int err, const char *fmt, ...) {
   va_list ap;
-  char msg[CP_RESULT_MESSAGE_MAX];
-  memset(&s->res, 0, sizeof s->res);
-  s->res.outcome = outcome;
-  s->res.err = err;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&s->res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(s->res.message, sizeof s->res.message, msg, strlen(msg));
   finish(s);
 }
 
@@ -1213,12 +1088,12 @@ static int email_publish(void *instance, const struct cp_post *post,
   }
   s->in_publish = true;
   load_next(s);
-  if (s->sync_fail) {
+  s->in_publish = false;
+  if (s->finished) {
+    int err = s->soon_err;
     send_free(s);
-    return CP_ENOMEM;
+    return err;
   }
-  if (!s->defer)
-    s->in_publish = false;
   return 0;
 }
 

@@ -37,7 +37,9 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
+#include "http.h"
 
 #define DEFAULT_GRAPH_BASE "https://graph.facebook.com"
 /* Graph API versions stay available for about two years; v24.0 (October 2025) until late 2027.
@@ -73,31 +75,6 @@ static const char *const post_options[] = {"link", NULL};
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static const char *resp_header(const struct cp_http_resp *resp, const char *name) {
-  for (size_t i = 0; i < resp->n_headers; i++)
-    if (!strcasecmp(resp->headers[i].name, name))
-      return resp->headers[i].value;
-  return NULL;
-}
-
-/* An https URL, or plain http to this machine (tests): the token travels in the body. */
-static bool base_ok(const char *url) {
-  CURLU *u = curl_url();
-  char *scheme = NULL, *host = NULL;
-  bool ok = false;
-
-  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
-    ok = !strcmp(scheme, "https") ||
-         (!strcmp(scheme, "http") &&
-          (!strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]")));
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  return ok;
-}
-
 static bool all_digits(const char *s) {
   if (!*s)
     return false;
@@ -119,19 +96,6 @@ static bool version_ok(const char *v) {
   while (isdigit((unsigned char)*p))
     p++;
   return *p == '\0';
-}
-
-static void media_ext(const char *src, char *ext, size_t size) {
-  size_t end = strcspn(src, "?#");
-  size_t dot = end;
-  ext[0] = '\0';
-  while (dot > 0 && src[dot - 1] != '.' && src[dot - 1] != '/')
-    dot--;
-  if (dot == 0 || src[dot - 1] != '.' || end - dot >= size)
-    return;
-  for (size_t i = 0; i < end - dot; i++)
-    ext[i] = (char)tolower((unsigned char)src[dot + i]);
-  ext[end - dot] = '\0';
 }
 
 /* The formats the Graph API's photo upload documents: JPEG, BMP, PNG, GIF and TIFF. */
@@ -264,7 +228,7 @@ static int64_t regain_at(const struct cp_http_resp *resp, int64_t now_ms) {
                                       NULL};
   double best = 0;
   for (size_t i = 0; names[i]; i++) {
-    const char *h = resp_header(resp, names[i]);
+    const char *h = cp_http_header(resp, names[i]);
     json_t *root = h ? json_loads(h, 0, NULL) : NULL;
     double m = regain_minutes(root, 0);
     json_decref(root);
@@ -342,7 +306,7 @@ static int facebook_init(const struct cp_host *host, const struct cp_connector_c
   const char *base = conf->get(conf, "graph_base", &line);
   if (!base)
     base = DEFAULT_GRAPH_BASE;
-  if (!base_ok(base)) {
+  if (!cp_cu_url_ok(base, NULL)) {
     host->log(host, CP_LOG_ERROR,
               "%s:%d: [channel %s] graph_base: '%s' is not an https URL (plain http only to "
               "this machine)",
@@ -368,31 +332,19 @@ static int facebook_init(const struct cp_host *host, const struct cp_connector_c
     goto nomem;
   snprintf(fb->base, size, "%.*s/%s", (int)blen, base, v ? v : DEFAULT_VERSION);
 
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0) {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] max_chars: '%s' is not a positive number",
-                conf->file, line, conf->name, v);
-      facebook_free(fb);
-      return CP_ECONFIG;
-    }
-    fb->max_chars = (size_t)m;
+  err = cp_cu_conf_count(host, conf, "max_chars", 1, ~0ULL, "a positive number", &fb->max_chars);
+  if (err) {
+    facebook_free(fb);
+    return err;
   }
 
-  err = host->secret(host, conf, "token", &fb->token);
+  err = cp_cu_conf_secret(host, conf, "token",
+                          "the Page access token: token_file = PATH or token_env = VARIABLE "
+                          "(permission pages_manage_posts)",
+                          &fb->token);
   if (err) {
-    fb->token = NULL;
-    if (err == CP_ENOTFOUND)
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] needs the Page access token: token_file = PATH or "
-                "token_env = VARIABLE (permission pages_manage_posts)",
-                conf->file, conf->line, conf->name);
     facebook_free(fb);
-    return err == CP_ENOTFOUND ? CP_ECONFIG : err;
+    return err;
   }
   err = host->secret(host, conf, "app_secret", &secret);
   if (err && err != CP_ENOTFOUND) {
@@ -441,7 +393,7 @@ static int facebook_validate(void *instance, const struct cp_post *post, cp_diag
     bad++;
   }
   for (size_t i = 0; i < post->n_media; i++) {
-    media_ext(post->media[i].src, ext, sizeof ext);
+    cp_cu_media_ext(post->media[i].src, ext, sizeof ext, false);
     if (!photo_ext(ext)) {
       snprintf(msg, sizeof msg,
                "media %zu (%s): the facebook connector posts photos only (JPEG, PNG, GIF, BMP, "
@@ -496,16 +448,11 @@ static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fm
 
 static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...) {
   struct cp_result res;
-  char msg[2 * CP_RESULT_MESSAGE_MAX];
   va_list ap;
 
-  memset(&res, 0, sizeof res);
-  res.outcome = outcome;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(res.message, sizeof res.message, msg, strlen(msg));
   finish(j, &res);
 }
 
@@ -515,7 +462,7 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
                     const char *step) {
   struct graph_error ge;
   const char *advice = NULL;
-  char msg[3 * CP_RESULT_MESSAGE_MAX], detail[2 * CP_RESULT_MESSAGE_MAX];
+  char detail[2 * CP_RESULT_MESSAGE_MAX];
   int64_t now = j->fb->host->wall_ms(j->fb->host);
 
   if (res->outcome == CP_OUTCOME_RATE_LIMITED) {
@@ -524,10 +471,8 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
       res->retry_at_ms = at;
   }
   if (!graph_error(resp, &ge)) {
-    if (step) {
-      snprintf(msg, sizeof msg, "%s: %s", step, res->message);
-      cp_connector_copy_text(res->message, sizeof res->message, msg, strlen(msg));
-    }
+    if (step)
+      cp_cu_result_msg(res, "%s: %s", step, res->message);
     return;
   }
   if (throttle_code(ge.code))
@@ -559,9 +504,8 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
   else
     snprintf(detail, sizeof detail, "%s [code %ld%s%s]", ge.message, ge.code,
              ge.trace[0] ? ", fbtrace_id " : "", ge.trace);
-  snprintf(msg, sizeof msg, "%s%s%s%sHTTP %ld: %s", step ? step : "", step ? ": " : "",
-           advice ? advice : "", advice ? ": " : "", res->http_status, detail);
-  cp_connector_copy_text(res->message, sizeof res->message, msg, strlen(msg));
+  cp_cu_result_msg(res, "%s%s%s%sHTTP %ld: %s", step ? step : "", step ? ": " : "",
+                   advice ? advice : "", advice ? ": " : "", res->http_status, detail);
 }
 
 static int start(struct job *j);
@@ -653,44 +597,12 @@ static int create_post(struct job *j) {
 
 /* "photo1=<id>;photo2=<id>": the photos staged so far. */
 static int save_photos(struct job *j) {
-  char buf[4096];
-  size_t o = 0;
-
-  buf[0] = '\0';
-  for (size_t i = 0; i < j->post->n_media; i++) {
-    if (!j->photos[i])
-      continue;
-    int n = snprintf(buf + o, sizeof buf - o, "%sphoto%zu=%s", o ? ";" : "", i + 1, j->photos[i]);
-    if (n < 0 || (size_t)n >= sizeof buf - o)
-      return CP_ELIMIT;
-    o += (size_t)n;
-  }
-  return j->req->host->save_progress(j->req, buf);
+  return cp_cu_progress_save_ids(j->req, "photo", j->photos, j->post->n_media);
 }
 
+/* Reads what save_photos stored on an earlier attempt. Unknown entries are ignored. */
 static int load_photos(struct job *j, const char *progress) {
-  char *copy = strdup(progress ? progress : "");
-  char *save = NULL;
-
-  if (!copy)
-    return CP_ENOMEM;
-  for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
-    char *end;
-    if (strncmp(tok, "photo", 5))
-      continue;
-    errno = 0;
-    unsigned long idx = strtoul(tok + 5, &end, 10);
-    if (errno || *end != '=' || idx == 0 || idx > j->post->n_media || !all_digits(end + 1))
-      continue;
-    free(j->photos[idx - 1]);
-    j->photos[idx - 1] = strdup(end + 1);
-    if (!j->photos[idx - 1]) {
-      free(copy);
-      return CP_ENOMEM;
-    }
-  }
-  free(copy);
-  return 0;
+  return cp_cu_progress_load_ids(progress, "photo", j->photos, j->post->n_media, all_digits);
 }
 
 static void on_staged(const struct cp_http_resp *resp, void *data) {
@@ -739,11 +651,8 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
   char url[1024];
 
   if (blob->err) {
-    bool permanent = blob->err == -ENOENT || blob->err == -EACCES || blob->err == -EISDIR ||
-                     blob->err == CP_ENOTFOUND || blob->err == CP_EINVAL ||
-                     blob->err == CP_ETOOBIG || blob->err == CP_EPARSE || blob->err == CP_ELIMIT;
-    fail(j, permanent ? CP_OUTCOME_PERMANENT : CP_OUTCOME_RETRY, blob->err, "photo %zu (%s): %s",
-         j->cur + 1, m->src, blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
+    fail(j, cp_cu_media_outcome(blob->err), blob->err, "photo %zu (%s): %s", j->cur + 1, m->src,
+         blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
   if (!photo_type(blob->content_type)) {

@@ -40,7 +40,9 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
+#include "http.h"
 
 #define DEFAULT_API_BASE "https://api.linkedin.com"
 /* A version LinkedIn documents and keeps active for a year after its release (until mid-2027);
@@ -192,18 +194,6 @@ static char *little_escape(const char *text) {
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static const char *resp_header(const struct cp_http_resp *resp, const char *name) {
-  for (size_t i = 0; i < resp->n_headers; i++)
-    if (!strcasecmp(resp->headers[i].name, name))
-      return resp->headers[i].value;
-  return NULL;
-}
-
-static bool loopback_host(const char *host) {
-  return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]") ||
-         !strcmp(host, "::1");
-}
-
 /* Splits an http(s) URL: sets *host (malloc'd) and *https. Returns false if url is not one, or
  * is plain http to anything but this machine (a bearer token must not travel in the clear). */
 static bool url_ok(const char *url, char **host, bool *https) {
@@ -216,7 +206,7 @@ static bool url_ok(const char *url, char **host, bool *https) {
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &h, 0) == CURLUE_OK) {
     *https = !strcmp(scheme, "https");
-    ok = *https || (!strcmp(scheme, "http") && loopback_host(h));
+    ok = *https || (!strcmp(scheme, "http") && cp_cu_loopback_host(h, true));
     if (ok)
       *host = strdup(h);
     ok = ok && *host;
@@ -256,21 +246,6 @@ static bool version_ok(const char *v) {
   if (n == 6)
     return v[4] < '2' && !(v[4] == '1' && v[5] > '2') && !(v[4] == '0' && v[5] == '0');
   return n == 9 && v[6] == '.' && isdigit((unsigned char)v[7]) && isdigit((unsigned char)v[8]);
-}
-
-/* The file extension of a media source (its path, for a URL without query and fragment),
- * lower-cased into ext. */
-static void media_ext(const char *src, char *ext, size_t size) {
-  size_t end = strcspn(src, "?#");
-  size_t dot = end;
-  ext[0] = '\0';
-  while (dot > 0 && src[dot - 1] != '.' && src[dot - 1] != '/')
-    dot--;
-  if (dot == 0 || src[dot - 1] != '.' || end - dot >= size)
-    return;
-  for (size_t i = 0; i < end - dot; i++)
-    ext[i] = (char)tolower((unsigned char)src[dot + i]);
-  ext[end - dot] = '\0';
 }
 
 static bool image_ext(const char *ext) {
@@ -359,35 +334,18 @@ static int linkedin_init(const struct cp_host *host, const struct cp_connector_c
   if (!li->version)
     goto nomem;
 
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0) {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] max_chars: '%s' is not a positive number",
-                conf->file, line, conf->name, v);
-      linkedin_free(li);
-      return CP_ECONFIG;
-    }
-    li->max_chars = (size_t)m;
+  err = cp_cu_conf_count(host, conf, "max_chars", 1, ~0ULL, "a positive number", &li->max_chars);
+  if (err) {
+    linkedin_free(li);
+    return err;
   }
 
-  err = host->secret(host, conf, "token", &li->token);
-  if (err == CP_ENOTFOUND) {
-    host->log(host, CP_LOG_ERROR,
-              "%s:%d: [channel %s] needs the OAuth access token: token_file = PATH or "
-              "token_env = VARIABLE (scope w_member_social, or w_organization_social for an "
-              "organization)",
-              conf->file, conf->line, conf->name);
-    li->token = NULL;
-    linkedin_free(li);
-    return CP_ECONFIG;
-  }
+  err = cp_cu_conf_secret(host, conf, "token",
+                          "the OAuth access token: token_file = PATH or token_env = VARIABLE "
+                          "(scope w_member_social, or w_organization_social for an organization)",
+                          &li->token);
   if (err) {
-    li->token = NULL;
-    linkedin_free(li); /* host->secret logged why */
+    linkedin_free(li);
     return err;
   }
   size_t alen = strlen(li->token) + 8;
@@ -432,7 +390,7 @@ static int linkedin_validate(void *instance, const struct cp_post *post, cp_diag
     bad++;
   }
   for (size_t i = 0; i < post->n_media; i++) {
-    media_ext(post->media[i].src, ext, sizeof ext);
+    cp_cu_media_ext(post->media[i].src, ext, sizeof ext, false);
     if (!image_ext(ext)) {
       snprintf(msg, sizeof msg,
                "media %zu (%s): the linkedin connector uploads JPG, PNG and GIF images only; "
@@ -493,16 +451,11 @@ static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fm
 /* Completes with a failure found here rather than reported by LinkedIn. */
 static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...) {
   struct cp_result res;
-  char msg[2 * CP_RESULT_MESSAGE_MAX];
   va_list ap;
 
-  memset(&res, 0, sizeof res);
-  res.outcome = outcome;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(res.message, sizeof res.message, msg, strlen(msg));
   finish(j, &res);
 }
 
@@ -516,7 +469,6 @@ static bool token_code(const char *code) {
 static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_result *res,
                     const char *step) {
   const char *advice = NULL;
-  char msg[3 * CP_RESULT_MESSAGE_MAX];
   bool duplicate = false, token = res->http_status == 401;
 
   if (resp->body_len && resp->status >= 400) {
@@ -550,11 +502,8 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
              "shedding load";
   if (!advice && !step)
     return;
-  snprintf(msg, sizeof msg, "%s%s%s%s%s", step ? step : "", step ? ": " : "", advice ? advice : "",
-           advice ? " (" : "", res->message);
-  if (advice)
-    strcat(msg, ")");
-  cp_connector_copy_text(res->message, sizeof res->message, msg, strlen(msg));
+  cp_cu_result_msg(res, "%s%s%s%s%s%s", step ? step : "", step ? ": " : "", advice ? advice : "",
+                   advice ? " (" : "", res->message, advice ? ")" : "");
 }
 
 static int start(struct job *j);
@@ -570,48 +519,19 @@ static size_t api_headers(struct linkedin *li, struct cp_http_header *hdrs, bool
   return n;
 }
 
+/* An image URN as LinkedIn's initializeUpload returns it. */
+static bool image_urn(const char *s) {
+  return !strncmp(s, "urn:li:image:", 13);
+}
+
 /* "image1=urn:li:image:A;image3=urn:li:image:C": the images uploaded so far. */
 static int save_images(struct job *j) {
-  char buf[4096];
-  size_t o = 0;
-
-  buf[0] = '\0';
-  for (size_t i = 0; i < j->post->n_media; i++) {
-    if (!j->images[i])
-      continue;
-    int n = snprintf(buf + o, sizeof buf - o, "%simage%zu=%s", o ? ";" : "", i + 1, j->images[i]);
-    if (n < 0 || (size_t)n >= sizeof buf - o)
-      return CP_ELIMIT;
-    o += (size_t)n;
-  }
-  return j->req->host->save_progress(j->req, buf);
+  return cp_cu_progress_save_ids(j->req, "image", j->images, j->post->n_media);
 }
 
 /* Reads what save_images stored on an earlier attempt. Unknown entries are ignored. */
 static int load_images(struct job *j, const char *progress) {
-  char *copy = strdup(progress ? progress : "");
-  char *save = NULL;
-
-  if (!copy)
-    return CP_ENOMEM;
-  for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
-    char *end;
-    if (strncmp(tok, "image", 5))
-      continue;
-    errno = 0;
-    unsigned long idx = strtoul(tok + 5, &end, 10);
-    if (errno || *end != '=' || idx == 0 || idx > j->post->n_media ||
-        strncmp(end + 1, "urn:li:image:", 13))
-      continue;
-    free(j->images[idx - 1]);
-    j->images[idx - 1] = strdup(end + 1);
-    if (!j->images[idx - 1]) {
-      free(copy);
-      return CP_ENOMEM;
-    }
-  }
-  free(copy);
-  return 0;
+  return cp_cu_progress_load_ids(progress, "image", j->images, j->post->n_media, image_urn);
 }
 
 static void on_created(const struct cp_http_resp *resp, void *data) {
@@ -624,7 +544,7 @@ static void on_created(const struct cp_http_resp *resp, void *data) {
     finish(j, &res);
     return;
   }
-  const char *id = resp_header(resp, "x-restli-id");
+  const char *id = cp_http_header(resp, "x-restli-id");
   if (id && *id) {
     cp_connector_copy_text(res.remote_id, sizeof res.remote_id, id, strlen(id));
     snprintf(res.remote_url, sizeof res.remote_url, "https://www.linkedin.com/feed/update/%s/",
@@ -738,12 +658,8 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
   bool https = false;
 
   if (blob->err) {
-    /* A file that is missing or not an image stays so; a download may work next time. */
-    bool permanent = blob->err == -ENOENT || blob->err == -EACCES || blob->err == -EISDIR ||
-                     blob->err == CP_ENOTFOUND || blob->err == CP_EINVAL ||
-                     blob->err == CP_ETOOBIG || blob->err == CP_EPARSE || blob->err == CP_ELIMIT;
-    fail(j, permanent ? CP_OUTCOME_PERMANENT : CP_OUTCOME_RETRY, blob->err, "image %zu (%s): %s",
-         j->cur + 1, m->src, blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
+    fail(j, cp_cu_media_outcome(blob->err), blob->err, "image %zu (%s): %s", j->cur + 1, m->src,
+         blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
   if (strcmp(blob->content_type, "image/jpeg") && strcmp(blob->content_type, "image/png") &&

@@ -42,6 +42,7 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 #include "hints.h"
 #include "http.h"
@@ -155,29 +156,6 @@ static bool language_code(const char *s, char out[4]) {
     if (p[0] == out[0] && p[1] == out[1])
       return true;
   return false;
-}
-
-/* "yes"/"no" (and true/false, 1/0) to 1/0; -1 if neither. */
-static int parse_bool(const char *s) {
-  if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcmp(s, "1"))
-    return 1;
-  if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcmp(s, "0"))
-    return 0;
-  return -1;
-}
-
-/* "30", "30s" or "500ms" to milliseconds; -1 if unreadable or out of range. */
-static long parse_timeout(const char *s) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || v <= 0)
-    return -1;
-  if (!strcmp(end, "ms"))
-    return v > MAX_TIMEOUT_MS ? -1 : v;
-  if ((*end && strcmp(end, "s")) || v > MAX_TIMEOUT_MS / 1000)
-    return -1;
-  return v * 1000;
 }
 
 /* A Mastodon id is safe in a URL path and in progress: letters, digits, '-' and '_' (Mastodon's
@@ -299,7 +277,7 @@ static char *base_url(const char *value, const char **why) {
     goto done;
   if (strcmp(scheme, "https") && strcmp(scheme, "http"))
     goto done;
-  bool loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
+  bool loop = cp_cu_loopback_host(host, false);
   if (!strcmp(scheme, "http") && !loop) {
     *why = "uses plain http: the access token would travel unencrypted; use https";
     goto done;
@@ -398,40 +376,17 @@ static int masto_init(const struct cp_host *host, const struct cp_connector_conf
     m->max_chars = (size_t)n;
   }
 
-  static const struct {
-    const char *key;
-    size_t off;
-  } timeouts[] = {{"timeout", offsetof(struct masto, timeout_ms)},
-                  {"media_timeout", offsetof(struct masto, media_timeout_ms)}};
-  for (size_t i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++) {
-    line = conf->line;
-    v = conf->get(conf, timeouts[i].key, &line);
-    if (!v)
-      continue;
-    long ms = parse_timeout(v);
-    if (ms < 0) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] %s: '%s' is not a duration such as 30 or 500ms (at most "
-                "600 s)",
-                conf->file, line, conf->name, timeouts[i].key, v);
-      goto config;
-    }
-    *(long *)((char *)m + timeouts[i].off) = ms;
-  }
-
-  err = host->secret(host, conf, "token", &m->token);
-  if (err == CP_ENOTFOUND) {
-    m->token = NULL;
-    host->log(host, CP_LOG_ERROR,
-              "%s:%d: [channel %s] needs token_file or token_env: an access token with the "
-              "scopes write:statuses, write:media and read:statuses (Preferences > Development "
-              "> New application)",
-              conf->file, conf->line, conf->name);
+  if (cp_cu_conf_timeout(host, conf, "timeout", 30, MAX_TIMEOUT_MS, &m->timeout_ms) ||
+      cp_cu_conf_timeout(host, conf, "media_timeout", 30, MAX_TIMEOUT_MS, &m->media_timeout_ms))
     goto config;
-  }
+
+  err = cp_cu_conf_secret(host, conf, "token",
+                          "token_file or token_env: an access token with the scopes "
+                          "write:statuses, write:media and read:statuses (Preferences > "
+                          "Development > New application)",
+                          &m->token);
   if (err) {
-    m->token = NULL;
-    masto_free(m); /* host->secret logged why */
+    masto_free(m);
     return err;
   }
   size_t alen = strlen("Bearer ") + strlen(m->token) + 1;
@@ -479,7 +434,7 @@ static int masto_validate(void *instance, const struct cp_post *post, cp_diag_cb
     errors++;
   }
   v = cp_post_option(post, "sensitive");
-  if (v && parse_bool(v) < 0) {
+  if (v && cp_cu_parse_bool(v) < 0) {
     snprintf(msg, sizeof msg, "sensitive = %s: write yes or no", v);
     diag(arg, true, msg);
     errors++;
@@ -597,24 +552,17 @@ static void finish_with(struct job *j, enum cp_outcome outcome, int err, const c
     __attribute__((format(printf, 4, 5)));
 static void finish_with(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...) {
   struct cp_result res;
-  char buf[2 * CP_RESULT_MESSAGE_MAX];
   va_list ap;
 
-  memset(&res, 0, sizeof res);
-  res.outcome = outcome;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
+  cp_cu_result_vset(&res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(res.message, sizeof res.message, buf, strlen(buf));
   finish(j, &res);
 }
 
 /* Puts "what: " before the message of res. */
 static void prefix_message(struct cp_result *res, const char *what) {
-  char buf[1024 + CP_RESULT_MESSAGE_MAX];
-  snprintf(buf, sizeof buf, "%s: %s", what, res->message);
-  cp_connector_copy_text(res->message, sizeof res->message, buf, strlen(buf));
+  cp_cu_result_msg(res, "%s: %s", what, res->message);
 }
 
 /* Fills res from resp through the host, and adds the wait that Mastodon's X-RateLimit-Reset (an
@@ -1068,29 +1016,13 @@ static void on_upload(const struct cp_http_resp *resp, void *data) {
   poll_start(j, 1); /* 202 Accepted: processed in the background */
 }
 
-/* Whether a media load error can go away by itself (a network fetch) or needs the plan fixed. */
-static enum cp_outcome media_error_outcome(int err) {
-  switch (err) {
-    case -ENOENT:
-    case -EACCES:
-    case -EISDIR:
-    case CP_ENOTFOUND:
-    case CP_ETOOBIG:
-    case CP_EINVAL:
-    case CP_EPARSE:
-      return CP_OUTCOME_PERMANENT;
-    default:
-      return CP_OUTCOME_RETRY;
-  }
-}
-
 static void on_media_loaded(const struct cp_media_blob *blob, void *data) {
   struct job *j = data;
   size_t i = j->mi;
   const struct cp_media *media = &j->post->media[i];
 
   if (blob->err) {
-    finish_with(j, media_error_outcome(blob->err), blob->err, "media %zu (%s): %s", i + 1,
+    finish_with(j, cp_cu_media_outcome(blob->err), blob->err, "media %zu (%s): %s", i + 1,
                 media->src, blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
@@ -1125,7 +1057,7 @@ static void media_next(struct job *j) {
   }
   int err = host->media_load(j->req, &j->post->media[i], on_media_loaded, j);
   if (err)
-    finish_with(j, media_error_outcome(err), err, "media %zu (%s): %s", i + 1,
+    finish_with(j, cp_cu_media_outcome(err), err, "media %zu (%s): %s", i + 1,
                 j->post->media[i].src, cp_strerror(err));
 }
 
@@ -1268,8 +1200,7 @@ static int masto_publish(void *instance, const struct cp_post *post,
   v = cp_post_option(post, "language");
   if (!v || !language_code(v, j->language))
     memcpy(j->language, m->language, sizeof j->language);
-  v = cp_post_option(post, "sensitive");
-  j->sensitive = v ? parse_bool(v) : -1;
+  j->sensitive = cp_cu_option_bool(post, "sensitive", -1);
 
   /* From here on every outcome, even an immediate one, completes through the timer's close
    * callback: never from inside this call. */

@@ -32,11 +32,11 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
-#include <uv.h>
 
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 
 #define DEFAULT_TIMEOUT_MS 30000L
@@ -66,8 +66,9 @@ struct send {
   const struct cp_publish_req *req;
   const struct cp_post *post;
   bool login;      /* a login check, not a publish */
-  bool in_publish; /* publish has not returned yet: completion must be deferred */
-  bool sync_fail;  /* finished inside publish and could not defer: publish returns an error */
+  bool in_publish; /* publish has not returned yet: completion must wait for the loop */
+  bool finished;   /* finished inside publish: publish frees s */
+  int soon_err;    /* then: cp_cu_complete_soon's error, which publish returns */
   bool text_done;
   size_t media_i; /* the media item being sent (0-based) */
   char key[64];
@@ -79,7 +80,6 @@ struct send {
   size_t size;
   char *media_body; /* alt text or file name */
   struct cp_result res;
-  uv_timer_t *defer;
 };
 
 static const char *const known_keys[] = {"homeserver", "room",    "token_file", "token_env",
@@ -102,155 +102,35 @@ static void matrix_free(void *instance) {
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
-struct buf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n) {
-  if (b->oom)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s) {
-  buf_add(b, s, strlen(s));
-}
-
-/* Appends s[0..n) HTML-escaped; line ends (LF or CRLF) become <br> unless in an attribute. */
-static void buf_html(struct buf *b, const char *s, size_t n, bool attr) {
-  for (size_t i = 0; i < n; i++) {
-    switch (s[i]) {
-      case '&':
-        buf_str(b, "&amp;");
-        break;
-      case '<':
-        buf_str(b, "&lt;");
-        break;
-      case '>':
-        buf_str(b, "&gt;");
-        break;
-      case '"':
-        buf_str(b, "&quot;");
-        break;
-      case '\'':
-        buf_str(b, "&#39;");
-        break;
-      case '\r':
-        if (i + 1 < n && s[i + 1] == '\n')
-          break; /* the LF that follows makes the break */
-        buf_str(b, attr ? " " : "<br>");
-        break;
-      case '\n':
-        buf_str(b, attr ? " " : "<br>");
-        break;
-      default:
-        buf_add(b, s + i, 1);
-    }
-  }
-}
-
 /* The post text as HTML: escaped, http(s) links as <a href>, line ends as <br>. Returns a
  * malloc'd string or NULL on ENOMEM. */
 static char *text_to_html(const char *text) {
-  struct buf b = {0};
+  struct cp_cu_buf b = {0};
   const char *p = text;
   size_t ulen = 0;
 
-  buf_add(&b, "", 0);
+  cp_cu_buf_add(&b, "", 0);
   while (*p) {
     const char *u = cp_text_find_url(p, &ulen);
     if (!u || !ulen) {
-      buf_html(&b, p, strlen(p), false);
+      cp_cu_buf_html(&b, p, strlen(p), false, "<br>");
       break;
     }
-    buf_html(&b, p, (size_t)(u - p), false);
-    buf_str(&b, "<a href=\"");
-    buf_html(&b, u, ulen, true);
-    buf_str(&b, "\">");
-    buf_html(&b, u, ulen, false);
-    buf_str(&b, "</a>");
+    cp_cu_buf_html(&b, p, (size_t)(u - p), false, "<br>");
+    cp_cu_buf_str(&b, "<a href=\"");
+    cp_cu_buf_html(&b, u, ulen, true, "<br>");
+    cp_cu_buf_str(&b, "\">");
+    cp_cu_buf_html(&b, u, ulen, false, "<br>");
+    cp_cu_buf_str(&b, "</a>");
     p = u + ulen;
   }
-  if (b.oom) {
-    free(b.p);
-    return NULL;
-  }
-  return b.p;
+  return cp_cu_buf_take(&b);
 }
 
 /* s percent-encoded for a URL path segment or query value (everything but A-Z a-z 0-9 -._~).
  * Returns a string to release with curl_free, or NULL. */
 static char *escape(const char *s) {
   return curl_easy_escape(NULL, s, 0);
-}
-
-/* "30", "30s" or "500ms" to milliseconds; -1 if unreadable or out of range. */
-static long parse_timeout(const char *s) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || v <= 0)
-    return -1;
-  if (!strcmp(end, "ms"))
-    return v > MAX_TIMEOUT_MS ? -1 : v;
-  if ((*end && strcmp(end, "s")) || v > MAX_TIMEOUT_MS / 1000)
-    return -1;
-  return v * 1000;
-}
-
-/* True if url is https, or http to this machine; sets *is_http. */
-static bool url_acceptable(const char *url, bool *is_http) {
-  CURLU *u = curl_url();
-  char *scheme = NULL, *host = NULL;
-  bool ok = false, loop = false;
-
-  *is_http = false;
-  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-    ok = !strcmp(scheme, "https") || !strcmp(scheme, "http");
-    *is_http = !strcmp(scheme, "http");
-    loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
-  }
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  return ok && (!*is_http || loop);
-}
-
-/* The value of key in progress ("k=v;k=v") copied into out; false if absent or too long. */
-static bool progress_get(const char *progress, const char *key, char *out, size_t size) {
-  size_t kl = strlen(key);
-  for (const char *p = progress; p && *p;) {
-    const char *end = strchr(p, ';');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    if (len > kl && !strncmp(p, key, kl) && p[kl] == '=') {
-      size_t vl = len - kl - 1;
-      if (vl == 0 || vl >= size)
-        return false;
-      memcpy(out, p + kl + 1, vl);
-      out[vl] = '\0';
-      return true;
-    }
-    p = end ? end + 1 : p + len;
-  }
-  return false;
 }
 
 /* Adds key=value to the progress and stores it durably. A failed store is logged: a retry would
@@ -295,7 +175,7 @@ static int matrix_init(const struct cp_host *host, const struct cp_connector_con
               conf->file, conf->line, conf->name);
     return CP_ECONFIG;
   }
-  if (!url_acceptable(hs, &is_http)) {
+  if (!cp_cu_url_ok(hs, &is_http)) {
     host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] homeserver: '%s' is not %s", conf->file,
               hs_line, conf->name, hs,
               is_http ? "https (plain http is allowed only to this machine)" : "an https URL");
@@ -349,45 +229,18 @@ static int matrix_init(const struct cp_host *host, const struct cp_connector_con
       return init_fail(m, CP_ECONFIG);
     }
   }
-  line = conf->line;
-  v = conf->get(conf, "timeout", &line);
-  if (v) {
-    m->timeout_ms = parse_timeout(v);
-    if (m->timeout_ms < 0) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] timeout: '%s' is not a duration such as 30 or 500ms "
-                "(at most 600 s)",
-                conf->file, line, conf->name, v);
-      return init_fail(m, CP_ECONFIG);
-    }
-  }
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (errno || *end || end == v || v[0] == '-') {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] max_chars: '%s' is not a number",
-                conf->file, line, conf->name, v);
-      return init_fail(m, CP_ECONFIG);
-    }
-    m->max_chars = (size_t)n;
-  }
+  err = cp_cu_conf_timeout(host, conf, "timeout", 30, MAX_TIMEOUT_MS, &m->timeout_ms);
+  if (!err)
+    err = cp_cu_conf_count(host, conf, "max_chars", 0, ~0ULL, "a number", &m->max_chars);
+  if (err)
+    return init_fail(m, err);
 
-  err = host->secret(host, conf, "token", &m->token);
-  if (err == CP_ENOTFOUND) {
-    m->token = NULL;
-    host->log(host, CP_LOG_ERROR,
-              "%s:%d: [channel %s] needs 'token_file = FILE' or 'token_env = VARIABLE' with the "
-              "account's access token",
-              conf->file, conf->line, conf->name);
-    return init_fail(m, CP_ECONFIG);
-  }
-  if (err) {
-    m->token = NULL;
-    return init_fail(m, err); /* host->secret logged why */
-  }
+  err = cp_cu_conf_secret(host, conf, "token",
+                          "'token_file = FILE' or 'token_env = VARIABLE' with the account's "
+                          "access token",
+                          &m->token);
+  if (err)
+    return init_fail(m, err);
   size_t al = strlen(m->token) + 8;
   m->auth = malloc(al);
   if (!m->auth)
@@ -528,9 +381,7 @@ static void describe_failure(struct send *s, const struct cp_http_resp *resp, co
 
   m->host->http_result(s->req, resp, res);
   if (!resp->status) {
-    char tmp[2 * CP_RESULT_MESSAGE_MAX];
-    snprintf(tmp, sizeof tmp, "%s: %s", step, res->message);
-    cp_connector_copy_text(res->message, sizeof res->message, tmp, strlen(tmp));
+    cp_cu_result_msg(res, "%s: %s", step, res->message);
     return;
   }
   errcode_of(resp, ec, sizeof ec, &root);
@@ -551,10 +402,8 @@ static void describe_failure(struct send *s, const struct cp_http_resp *resp, co
     hint = " (log in again and store the new access token)";
   json_decref(root);
 
-  char full[2 * CP_RESULT_MESSAGE_MAX];
-  snprintf(full, sizeof full, "%s in %s: HTTP %ld%s%s%s%s%s", step, m->room, resp->status,
-           ec[0] ? " " : "", ec, detail[0] ? ": " : "", detail, hint);
-  cp_connector_copy_text(res->message, sizeof res->message, full, strlen(full));
+  cp_cu_result_msg(res, "%s in %s: HTTP %ld%s%s%s%s%s", step, m->room, resp->status,
+                   ec[0] ? " " : "", ec, detail[0] ? ": " : "", detail, hint);
 }
 
 /* ---- the publish chain ---------------------------------------------------------------------- */
@@ -565,19 +414,6 @@ static void send_free(struct send *s) {
   free(s->progress);
   free(s->media_body);
   free(s);
-}
-
-static void on_deferred_closed(uv_handle_t *h) {
-  struct send *s = h->data;
-  const struct cp_publish_req *req = s->req;
-  struct cp_result res = s->res;
-  free(h);
-  send_free(s);
-  req->host->complete(req, &res);
-}
-
-static void on_deferred(uv_timer_t *t) {
-  uv_close((uv_handle_t *)t, on_deferred_closed);
 }
 
 /* Completes with s->res and frees s; from inside publish, on the next loop turn instead. */
@@ -595,16 +431,9 @@ static void finish(struct send *s) {
     host->log(host, CP_LOG_WARN, "post %s not sent (%s): %s", s->post->id,
               cp_outcome_name(s->res.outcome), s->res.message);
   if (s->in_publish) {
-    s->defer = malloc(sizeof *s->defer);
-    if (s->defer && uv_timer_init(host->loop, s->defer) == 0) {
-      s->defer->data = s;
-      uv_timer_start(s->defer, on_deferred, 0, 0);
-      return;
-    }
-    /* No memory for a timer: publish returns an error instead of completing. */
-    free(s->defer);
-    s->defer = NULL;
-    s->sync_fail = true;
+    /* publish frees s and returns soon_err (then nothing completes). */
+    s->finished = true;
+    s->soon_err = cp_cu_complete_soon(req, &s->res);
     return;
   }
   struct cp_result res = s->res;
@@ -617,14 +446,9 @@ static void fail_local(struct send *s, enum cp_outcome outcome, int err, const c
 
 static void fail_local(struct send *s, enum cp_outcome outcome, int err, const char *fmt, ...) {
   va_list ap;
-  char msg[CP_RESULT_MESSAGE_MAX];
-  memset(&s->res, 0, sizeof s->res);
-  s->res.outcome = outcome;
-  s->res.err = err;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&s->res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(s->res.message, sizeof s->res.message, msg, strlen(msg));
   finish(s);
 }
 
@@ -852,7 +676,7 @@ static void advance(struct send *s) {
   char key[32], val[700];
 
   if (!s->text_done && *text) {
-    if (progress_get(s->progress, "t", s->first_event, sizeof s->first_event)) {
+    if (cp_cu_progress_get(s->progress, "t", s->first_event, sizeof s->first_event)) {
       s->text_done = true;
     } else {
       json_t *c = text_content(s->m, text);
@@ -868,7 +692,7 @@ static void advance(struct send *s) {
   while (s->media_i < post->n_media) {
     size_t n = s->media_i + 1;
     snprintf(key, sizeof key, "i%zu", n);
-    if (progress_get(s->progress, key, val, sizeof s->first_event)) {
+    if (cp_cu_progress_get(s->progress, key, val, sizeof s->first_event)) {
       if (!s->first_event[0])
         snprintf(s->first_event, sizeof s->first_event, "%.*s", (int)sizeof s->first_event - 1,
                  val);
@@ -878,7 +702,7 @@ static void advance(struct send *s) {
     snprintf(key, sizeof key, "u%zu", n);
     char mxc[sizeof s->mxc], mime[sizeof s->mimetype];
     size_t size = 0;
-    if (progress_get(s->progress, key, val, sizeof val) &&
+    if (cp_cu_progress_get(s->progress, key, val, sizeof val) &&
         sscanf(val, "%511s %127s %zu", mxc, mime, &size) == 3) {
       /* Uploaded by an earlier attempt: send its event without uploading again. */
       const struct cp_media *md = &post->media[s->media_i];
@@ -981,13 +805,13 @@ static int matrix_publish(void *instance, const struct cp_post *post,
     return CP_ENOMEM;
   }
   s->in_publish = true;
-  start(s); /* may finish s: deferred, so s stays valid until the loop runs */
-  if (s->sync_fail) {
+  start(s); /* may finish s: then s is freed here */
+  s->in_publish = false;
+  if (s->finished) {
+    int err = s->soon_err;
     send_free(s);
-    return CP_ENOMEM;
+    return err;
   }
-  if (!s->defer)
-    s->in_publish = false;
   return 0;
 }
 

@@ -23,11 +23,11 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
-#include <uv.h>
 
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 
 #define TEXT_MAX 40000   /* Slack truncates longer messages */
@@ -98,53 +98,6 @@ static const struct {
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static void scrub(char *s, const char *secret) {
-  size_t sl = secret ? strlen(secret) : 0;
-  if (sl < 3)
-    return;
-  for (char *p = strstr(s, secret); p; p = strstr(p + 3, secret)) {
-    memmove(p + 3, p + sl, strlen(p + sl) + 1);
-    memcpy(p, "***", 3);
-  }
-}
-
-static int parse_bool(const char *v) {
-  static const char *const yes[] = {"yes", "true", "on", "1", NULL};
-  static const char *const no[] = {"no", "false", "off", "0", NULL};
-  for (size_t i = 0; yes[i]; i++)
-    if (!strcasecmp(v, yes[i]))
-      return 1;
-  for (size_t i = 0; no[i]; i++)
-    if (!strcasecmp(v, no[i]))
-      return 0;
-  return -1;
-}
-
-static bool in_list(const char *s, const char *const *list) {
-  for (size_t i = 0; list[i]; i++)
-    if (!strcmp(s, list[i]))
-      return true;
-  return false;
-}
-
-static void media_ext(const char *src, char *ext, size_t size) {
-  size_t end = strcspn(src, "?#");
-  size_t start = end;
-  while (start > 0 && src[start - 1] != '/')
-    start--;
-  ext[0] = '\0';
-  for (size_t i = end; i > start; i--)
-    if (src[i - 1] == '.') {
-      size_t n = end - i;
-      if (n >= size)
-        n = size - 1;
-      for (size_t k = 0; k < n; k++)
-        ext[k] = (char)(src[i + k] >= 'A' && src[i + k] <= 'Z' ? src[i + k] + 32 : src[i + k]);
-      ext[n] = '\0';
-      return;
-    }
-}
-
 /* The error code of a plain-text answer: its first word ("no_service"), or "". */
 static void answer_code(const struct cp_http_resp *resp, char *code, size_t size) {
   const char *b = resp->body;
@@ -158,34 +111,8 @@ static void answer_code(const struct cp_http_resp *resp, char *code, size_t size
   code[n] = '\0';
 }
 
-struct buf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-};
-
-static void put(struct buf *b, const char *s, size_t n) {
-  if (b->oom)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (!np) {
-      b->oom = true;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-}
-
 /* Escapes s[0..n) for mrkdwn; inside a link also '|', which would end the URL. */
-static void put_escaped(struct buf *b, const char *s, size_t n, bool in_link) {
+static void put_escaped(struct cp_cu_buf *b, const char *s, size_t n, bool in_link) {
   size_t start = 0;
   for (size_t i = 0; i < n; i++) {
     const char *rep = s[i] == '&'              ? "&amp;"
@@ -194,34 +121,30 @@ static void put_escaped(struct buf *b, const char *s, size_t n, bool in_link) {
                       : in_link && s[i] == '|' ? "%7C"
                                                : NULL;
     if (rep) {
-      put(b, s + start, i - start);
-      put(b, rep, strlen(rep));
+      cp_cu_buf_add(b, s + start, i - start);
+      cp_cu_buf_add(b, rep, strlen(rep));
       start = i + 1;
     }
   }
-  put(b, s + start, n - start);
+  cp_cu_buf_add(b, s + start, n - start);
 }
 
 /* The text as Slack mrkdwn: &, <, > escaped, links as <url>. Returns a malloc'd string or NULL
  * on ENOMEM. */
 static char *mrkdwn(const char *text) {
-  struct buf b = {0};
+  struct cp_cu_buf b = {0};
   const char *p = text;
   size_t len;
-  put(&b, "", 0);
+  cp_cu_buf_add(&b, "", 0);
   for (const char *u = cp_text_find_url(p, &len); u; u = cp_text_find_url(p, &len)) {
     put_escaped(&b, p, (size_t)(u - p), false);
-    put(&b, "<", 1);
+    cp_cu_buf_add(&b, "<", 1);
     put_escaped(&b, u, len, true);
-    put(&b, ">", 1);
+    cp_cu_buf_add(&b, ">", 1);
     p = u + len;
   }
   put_escaped(&b, p, strlen(p), false);
-  if (b.oom) {
-    free(b.p);
-    return NULL;
-  }
-  return b.p;
+  return cp_cu_buf_take(&b);
 }
 
 /* Splits text into section texts of at most SECTION_MAX characters after escaping. Returns 0
@@ -282,7 +205,7 @@ static int check_url(struct slack *s) {
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK) {
-    bool loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
+    bool loop = cp_cu_loopback_host(host, false);
     if (!strcmp(scheme, "https") || (loop && !strcmp(scheme, "http"))) {
       const char *last = strrchr(path, '/');
       rc = 0;
@@ -301,8 +224,7 @@ static int check_url(struct slack *s) {
 
 static int slack_init(const struct cp_host *host, const struct cp_connector_conf *conf,
                       void **instance) {
-  int line, err;
-  const char *v;
+  int err;
 
   cp_connector_check_keys(host, conf, known_keys);
   struct slack *s = calloc(1, sizeof *s);
@@ -315,16 +237,13 @@ static int slack_init(const struct cp_host *host, const struct cp_connector_conf
     slack_free(s);
     return CP_ENOMEM;
   }
-  err = host->secret(host, conf, "url", &s->url);
+  err = cp_cu_conf_secret(host, conf, "url",
+                          "the incoming webhook URL: 'url_file = FILE' or 'url_env = VARIABLE' "
+                          "(https://hooks.slack.com/services/...)",
+                          &s->url);
   if (err) {
-    s->url = NULL;
-    if (err == CP_ENOTFOUND)
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] needs the incoming webhook URL: 'url_file = FILE' or "
-                "'url_env = VARIABLE' (https://hooks.slack.com/services/...)",
-                conf->file, conf->line, conf->name);
     slack_free(s);
-    return err == CP_ENOTFOUND ? CP_ECONFIG : err;
+    return err;
   }
   err = check_url(s);
   if (err) {
@@ -336,32 +255,14 @@ static int slack_init(const struct cp_host *host, const struct cp_connector_conf
     slack_free(s);
     return err == CP_EINVAL ? CP_ECONFIG : err;
   }
-  line = conf->line;
-  v = conf->get(conf, "link_preview", &line);
-  if (v) {
-    s->link_preview = parse_bool(v);
-    if (s->link_preview < 0) {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] link_preview: '%s' is not yes or no",
-                conf->file, line, conf->name, v);
-      slack_free(s);
-      return CP_ECONFIG;
-    }
-  }
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0 || m > TEXT_MAX) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] max_chars: '%s' is not a number from 1 to %d (Slack's "
-                "limit)",
-                conf->file, line, conf->name, v, TEXT_MAX);
-      slack_free(s);
-      return CP_ECONFIG;
-    }
-    s->max_chars = (size_t)m;
+  char what[64];
+  snprintf(what, sizeof what, "a number from 1 to %d (Slack's limit)", TEXT_MAX);
+  err = cp_cu_conf_bool(host, conf, "link_preview", &s->link_preview);
+  if (!err)
+    err = cp_cu_conf_count(host, conf, "max_chars", 1, TEXT_MAX, what, &s->max_chars);
+  if (err) {
+    slack_free(s);
+    return err;
   }
   *instance = s;
   return 0;
@@ -395,7 +296,7 @@ static int slack_validate(void *instance, const struct cp_post *post, cp_diag_cb
   }
   for (size_t i = 0; i < post->n_media; i++) {
     const struct cp_media *m = &post->media[i];
-    media_ext(m->src, ext, sizeof ext);
+    cp_cu_media_ext(m->src, ext, sizeof ext, true);
     if (strncasecmp(m->src, "https://", 8)) {
       snprintf(msg, sizeof msg,
                "media '%.120s': a Slack incoming webhook cannot upload files; give the image as "
@@ -403,7 +304,7 @@ static int slack_validate(void *instance, const struct cp_post *post, cp_diag_cb
                m->src);
       diag(arg, true, msg);
       bad = 1;
-    } else if (*ext && !in_list(ext, image_exts)) {
+    } else if (*ext && !cp_cu_in_list(ext, image_exts)) {
       snprintf(msg, sizeof msg, "media '%.120s': Slack shows images (.png, .jpg, .gif) only",
                m->src);
       diag(arg, true, msg);
@@ -504,13 +405,10 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
         hint = hints[i].hint;
     if (res.outcome == CP_OUTCOME_UNKNOWN && resp->status)
       hint = "not Slack's answer (is the webhook URL right?): the message may have been sent";
-    if (hint) {
-      char full[CP_RESULT_MESSAGE_MAX + 200];
-      snprintf(full, sizeof full, "%s (%s)", res.message, hint);
-      cp_connector_copy_text(res.message, sizeof res.message, full, strlen(full));
-    }
-    scrub(res.message, s->url);
-    scrub(res.message, s->token);
+    if (hint)
+      cp_cu_result_msg(&res, "%s (%s)", res.message, hint);
+    cp_cu_scrub(res.message, s->url);
+    cp_cu_scrub(res.message, s->token);
     s->host->log(s->host, CP_LOG_WARN, "post %s not sent (%s): %s", j->post->id,
                  cp_outcome_name(res.outcome), res.message);
   }
@@ -533,13 +431,8 @@ static int send_body(struct job *j) {
   return s->host->http_request(s->host, &hr, on_response, j);
 }
 
-static void paced_closed(uv_handle_t *h) {
-  free(h);
-}
-
-static void paced(uv_timer_t *timer) {
-  struct job *j = timer->data;
-  uv_close((uv_handle_t *)timer, paced_closed);
+static void paced(void *arg) {
+  struct job *j = arg;
   int err = send_body(j);
   if (err) {
     const struct cp_publish_req *req = j->req;
@@ -568,14 +461,7 @@ static int slack_publish(void *instance, const struct cp_post *post,
   }
   uint64_t now = s->host->now_ms(s->host);
   if (s->delivered && now - s->last_ok_ms < MIN_INTERVAL_MS) {
-    uv_timer_t *timer = malloc(sizeof *timer);
-    err = timer ? uv_timer_init(s->host->loop, timer) : CP_ENOMEM;
-    if (!err) {
-      timer->data = j;
-      uv_timer_start(timer, paced, MIN_INTERVAL_MS - (now - s->last_ok_ms), 0);
-    } else {
-      free(timer);
-    }
+    err = cp_cu_call_later(s->host, MIN_INTERVAL_MS - (now - s->last_ok_ms), paced, j);
   } else {
     err = send_body(j);
   }
@@ -597,9 +483,9 @@ static enum cp_outcome slack_classify(void *instance, const struct cp_http_resp 
     return !strcmp(code, "ok") ? CP_OUTCOME_OK : CP_OUTCOME_UNKNOWN;
   if (st == 429)
     return CP_OUTCOME_RATE_LIMITED;
-  if (in_list(code, dead_hook_codes))
+  if (cp_cu_in_list(code, dead_hook_codes))
     return CP_OUTCOME_AUTH;
-  if (in_list(code, permanent_codes))
+  if (cp_cu_in_list(code, permanent_codes))
     return CP_OUTCOME_PERMANENT;
   return dflt;
 }

@@ -32,11 +32,11 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <utf8proc.h>
-#include <uv.h>
 
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 
 #define DEFAULT_API_BASE "https://api.telegram.org"
@@ -56,13 +56,6 @@ struct telegram {
   size_t max_chars; /* 0: TEXT_MAX */
 };
 
-struct blob {
-  unsigned char *data;
-  size_t len;
-  char *type;
-  char *name;
-};
-
 /* One publish or login check in flight. */
 struct job {
   struct telegram *t;
@@ -74,7 +67,7 @@ struct job {
   char **parts; /* the text messages to send (empty: media only) */
   size_t n_parts;
   const char *caption; /* the text as the media's caption, or NULL */
-  struct blob *media;
+  struct cp_cu_media *media;
   size_t n_media, n_loaded;
   bool media_done;
   bool sending_media;
@@ -82,7 +75,6 @@ struct job {
   char first_id[32];
   char username[64]; /* the chat's public username, from an answer */
   char progress[1024];
-  uv_timer_t *defer;
 };
 
 static const char *const known_keys[] = {"chat_id",  "token_file",   "token_env",
@@ -90,76 +82,6 @@ static const char *const known_keys[] = {"chat_id",  "token_file",   "token_env"
 static const char *const post_options[] = {"silent", NULL};
 
 /* ---- small helpers ------------------------------------------------------------------------ */
-
-/* Replaces every occurrence of secret in s by "***" (in place). */
-static void scrub(char *s, const char *secret) {
-  size_t sl = secret ? strlen(secret) : 0;
-  if (sl < 3)
-    return;
-  for (char *p = strstr(s, secret); p; p = strstr(p + 3, secret)) {
-    memmove(p + 3, p + sl, strlen(p + sl) + 1);
-    memcpy(p, "***", 3);
-  }
-}
-
-/* "yes"/"no" and friends: 1, 0, or -1 if unreadable. */
-static int parse_bool(const char *v) {
-  static const char *const yes[] = {"yes", "true", "on", "1", NULL};
-  static const char *const no[] = {"no", "false", "off", "0", NULL};
-  for (size_t i = 0; yes[i]; i++)
-    if (!strcasecmp(v, yes[i]))
-      return 1;
-  for (size_t i = 0; no[i]; i++)
-    if (!strcasecmp(v, no[i]))
-      return 0;
-  return -1;
-}
-
-/* Plain http is accepted only to this machine (tests, a local Bot API server). */
-static bool url_ok(const char *url, bool *is_http) {
-  CURLU *u = curl_url();
-  char *scheme = NULL, *host = NULL;
-  bool ok = false, loop = false;
-
-  *is_http = false;
-  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-    ok = !strcmp(scheme, "https") || !strcmp(scheme, "http");
-    *is_http = !strcmp(scheme, "http");
-    loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
-  }
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  return ok && (!*is_http || loop);
-}
-
-/* The lower-case extension of the last path segment of src (query and fragment ignored), or "". */
-static void media_ext(const char *src, char *ext, size_t size) {
-  size_t end = strcspn(src, "?#");
-  size_t start = end;
-  while (start > 0 && src[start - 1] != '/')
-    start--;
-  ext[0] = '\0';
-  for (size_t i = end; i > start; i--)
-    if (src[i - 1] == '.') {
-      size_t n = end - i;
-      if (n >= size)
-        n = size - 1;
-      for (size_t k = 0; k < n; k++)
-        ext[k] = (char)(src[i + k] >= 'A' && src[i + k] <= 'Z' ? src[i + k] + 32 : src[i + k]);
-      ext[n] = '\0';
-      return;
-    }
-}
-
-static bool in_list(const char *s, const char *const *list) {
-  for (size_t i = 0; list[i]; i++)
-    if (!strcmp(s, list[i]))
-      return true;
-  return false;
-}
 
 /* ---- entities ----------------------------------------------------------------------------- */
 
@@ -172,23 +94,6 @@ static size_t utf16_units(const char *s, size_t n) {
       u += c >= 0xF0 ? 2 : 1;
   }
   return u;
-}
-
-/* The code point at p (U+FFFD for an invalid byte) and its length in bytes. */
-static size_t next_cp(const char *p, utf8proc_int32_t *cp) {
-  utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)p, -1, cp);
-  if (n <= 0) {
-    *cp = 0xFFFD;
-    return 1;
-  }
-  return (size_t)n;
-}
-
-static bool is_space_cp(utf8proc_int32_t cp) {
-  if (cp == ' ' || (cp >= '\t' && cp <= '\r'))
-    return true;
-  utf8proc_category_t c = utf8proc_category(cp);
-  return c == UTF8PROC_CATEGORY_ZS || c == UTF8PROC_CATEGORY_ZL || c == UTF8PROC_CATEGORY_ZP;
 }
 
 static bool is_letter_cp(utf8proc_int32_t cp) {
@@ -209,7 +114,7 @@ static size_t hashtag_at(const char *p) {
   bool letter = false;
   utf8proc_int32_t cp;
   while (*q) {
-    size_t n = next_cp(q, &cp);
+    size_t n = cp_cu_utf8_next(q, &cp);
     if (!is_tag_cp(cp))
       break;
     letter = letter || is_letter_cp(cp);
@@ -253,8 +158,8 @@ static json_t *entities_of(const char *text) {
       continue;
     }
     utf8proc_int32_t cp;
-    p += next_cp(p, &cp);
-    after_space = is_space_cp(cp);
+    p += cp_cu_utf8_next(p, &cp);
+    after_space = cp_cu_is_space(cp);
   }
   return arr;
 nomem:
@@ -306,7 +211,7 @@ static int telegram_init(const struct cp_host *host, const struct cp_connector_c
   int line = conf->line;
   const char *chat = conf->get(conf, "chat_id", &line);
   const char *v;
-  bool is_http = false, numeric = false;
+  bool numeric = false;
   json_int_t num = 0;
   int err;
 
@@ -345,7 +250,7 @@ static int telegram_init(const struct cp_host *host, const struct cp_connector_c
   size_t bl = strlen(t->api_base);
   while (bl > 0 && t->api_base[bl - 1] == '/')
     t->api_base[--bl] = '\0';
-  if (!url_ok(t->api_base, &is_http)) {
+  if (!cp_cu_url_ok(t->api_base, NULL)) {
     host->log(host, CP_LOG_ERROR,
               "%s:%d: [channel %s] api_base: '%s' is not an https URL (plain http is allowed only "
               "to localhost)",
@@ -353,47 +258,23 @@ static int telegram_init(const struct cp_host *host, const struct cp_connector_c
     telegram_free(t);
     return CP_ECONFIG;
   }
-  line = conf->line;
-  v = conf->get(conf, "link_preview", &line);
-  if (v) {
-    int b = parse_bool(v);
-    if (b < 0) {
-      host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] link_preview: '%s' is not yes or no",
-                conf->file, line, conf->name, v);
-      telegram_free(t);
-      return CP_ECONFIG;
-    }
-    t->link_preview = b;
-  }
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0 || m > TEXT_MAX) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] max_chars: '%s' is not a number from 1 to %d (Telegram's "
-                "limit)",
-                conf->file, line, conf->name, v, TEXT_MAX);
-      telegram_free(t);
-      return CP_ECONFIG;
-    }
-    t->max_chars = (size_t)m;
-  }
-  err = host->secret(host, conf, "token", &t->token);
-  if (err == CP_ENOTFOUND) {
-    t->token = NULL;
-    host->log(host, CP_LOG_ERROR,
-              "%s:%d: [channel %s] needs the bot token: 'token_file = FILE' or 'token_env = "
-              "VARIABLE' (the token from @BotFather)",
-              conf->file, conf->line, conf->name);
-    telegram_free(t);
-    return CP_ECONFIG;
-  }
+  int preview = t->link_preview;
+  char what[64];
+  snprintf(what, sizeof what, "a number from 1 to %d (Telegram's limit)", TEXT_MAX);
+  err = cp_cu_conf_bool(host, conf, "link_preview", &preview);
+  if (!err)
+    err = cp_cu_conf_count(host, conf, "max_chars", 1, TEXT_MAX, what, &t->max_chars);
   if (err) {
-    t->token = NULL;
-    telegram_free(t); /* host->secret logged why */
+    telegram_free(t);
+    return err;
+  }
+  t->link_preview = preview;
+  err = cp_cu_conf_secret(host, conf, "token",
+                          "the bot token: 'token_file = FILE' or 'token_env = VARIABLE' (the "
+                          "token from @BotFather)",
+                          &t->token);
+  if (err) {
+    telegram_free(t);
     return err;
   }
   if (strchr(t->token, '/') || strchr(t->token, '?') || strchr(t->token, '#') ||
@@ -439,8 +320,8 @@ static int telegram_validate(void *instance, const struct cp_post *post, cp_diag
     bad = 1;
   }
   for (size_t i = 0; i < post->n_media; i++) {
-    media_ext(post->media[i].src, ext, sizeof ext);
-    if (*ext && !in_list(ext, photo_exts) && !in_list(ext, video_exts)) {
+    cp_cu_media_ext(post->media[i].src, ext, sizeof ext, true);
+    if (*ext && !cp_cu_in_list(ext, photo_exts) && !cp_cu_in_list(ext, video_exts)) {
       snprintf(msg, sizeof msg,
                "media '%.120s': Telegram takes photos (.jpg, .png, .webp, .gif) and .mp4 videos",
                post->media[i].src);
@@ -461,12 +342,8 @@ static int telegram_validate(void *instance, const struct cp_post *post, cp_diag
              n, CAPTION_MAX);
     diag(arg, false, msg);
   }
-  const char *silent = cp_post_option(post, "silent");
-  if (silent && parse_bool(silent) < 0) {
-    snprintf(msg, sizeof msg, "silent = '%.60s': write yes or no", silent);
-    diag(arg, true, msg);
+  if (!cp_cu_option_bool_ok(post, "silent", diag, arg))
     bad = 1;
-  }
   return bad ? CP_EINVAL : 0;
 }
 
@@ -477,11 +354,8 @@ static void job_free(struct job *j) {
     return;
   if (j->parts)
     cp_text_split_free(j->parts, j->n_parts);
-  for (size_t i = 0; i < j->n_loaded; i++) {
-    free(j->media[i].data);
-    free(j->media[i].type);
-    free(j->media[i].name);
-  }
+  for (size_t i = 0; i < j->n_loaded; i++)
+    cp_cu_media_clear(&j->media[i]);
   free(j->media);
   free(j);
 }
@@ -510,7 +384,7 @@ static void finish(struct job *j, struct cp_result *res) {
     snprintf(res->remote_id, sizeof res->remote_id, "%s", j->first_id);
     remote_url(j, res->remote_url, sizeof res->remote_url);
   }
-  scrub(res->message, t->token);
+  cp_cu_scrub(res->message, t->token);
   /* The host reports a login check's outcome itself. */
   if (!j->login && res->outcome == CP_OUTCOME_OK)
     t->host->log(t->host, CP_LOG_INFO, "post %s sent to %s: message %s", j->post->id, t->chat,
@@ -528,11 +402,8 @@ static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...
 static void fail(struct job *j, enum cp_outcome o, int err, const char *fmt, ...) {
   struct cp_result res;
   va_list ap;
-  memset(&res, 0, sizeof res);
-  res.outcome = o;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(res.message, sizeof res.message, fmt, ap);
+  cp_cu_result_vset(&res, o, err, fmt, ap);
   va_end(ap);
   finish(j, &res);
 }
@@ -633,7 +504,7 @@ static int send_text(struct job *j) {
   return err;
 }
 
-static const char *kind_of(const struct blob *b, bool alone) {
+static const char *kind_of(const struct cp_cu_media *b, bool alone) {
   if (!strcmp(b->type, "image/gif"))
     return alone ? "animation" : "photo";
   if (!strncmp(b->type, "image/", 6))
@@ -808,12 +679,8 @@ static void refine(struct job *j, const struct cp_http_resp *resp, json_t *root,
     snprintf(hint, sizeof hint,
              "not Telegram's answer (is api_base right?): the message may have been sent");
   }
-  char full[CP_RESULT_MESSAGE_MAX + 200];
-  snprintf(full, sizeof full, "HTTP %ld%s%s%s%s", resp->status, desc ? ": " : "", desc ? desc : "",
-           hint[0] ? " (" : "", hint);
-  if (hint[0])
-    strcat(full, ")");
-  cp_connector_copy_text(res->message, sizeof res->message, full, strlen(full));
+  cp_cu_result_msg(res, "HTTP %ld%s%s%s%s%s", resp->status, desc ? ": " : "", desc ? desc : "",
+                   hint[0] ? " (" : "", hint, hint[0] ? ")" : "");
 }
 
 /* The step number for messages about a multi-message post: "message 2 of 3: ". */
@@ -835,11 +702,8 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
   refine(j, resp, root, &res);
   if (res.outcome != CP_OUTCOME_OK) {
     step_prefix(j, prefix, sizeof prefix);
-    if (prefix[0]) {
-      char full[CP_RESULT_MESSAGE_MAX + 48];
-      snprintf(full, sizeof full, "%s%s", prefix, res.message);
-      cp_connector_copy_text(res.message, sizeof res.message, full, strlen(full));
-    }
+    if (prefix[0])
+      cp_cu_result_msg(&res, "%s%s", prefix, res.message);
     json_decref(root);
     finish(j, &res);
     return;
@@ -872,42 +736,21 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
   next_step(j);
 }
 
-static enum cp_outcome media_outcome(int err) {
-  switch (err) {
-    case -ENOENT:
-    case -EACCES:
-    case -EISDIR:
-    case CP_ETOOBIG:
-    case CP_EINVAL:
-    case CP_EPARSE:
-    case CP_ENOTFOUND:
-    case CP_ELIMIT:
-      return CP_OUTCOME_PERMANENT;
-    default:
-      return CP_OUTCOME_RETRY;
-  }
-}
-
 static void on_media(const struct cp_media_blob *blob, void *data) {
   struct job *j = data;
   const struct cp_media *m = &j->post->media[j->n_loaded];
 
   if (blob->err) {
-    fail(j, media_outcome(blob->err), blob->err, "media '%.100s': %s", m->src,
+    fail(j, cp_cu_media_outcome(blob->err), blob->err, "media '%.100s': %s", m->src,
          blob->errmsg[0] ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
-  struct blob *b = &j->media[j->n_loaded];
-  b->data = malloc(blob->len ? blob->len : 1);
-  b->type = strdup(blob->content_type ? blob->content_type : "application/octet-stream");
-  b->name = strdup(blob->filename && *blob->filename ? blob->filename : "media");
+  struct cp_cu_media *b = &j->media[j->n_loaded];
   j->n_loaded++;
-  if (!b->data || !b->type || !b->name) {
+  if (cp_cu_media_copy(b, blob)) {
     fail(j, CP_OUTCOME_RETRY, CP_ENOMEM, "media '%.100s': out of memory", m->src);
     return;
   }
-  memcpy(b->data, blob->data, blob->len);
-  b->len = blob->len;
   if (!kind_of(b, j->n_media == 1)) {
     fail(j, CP_OUTCOME_PERMANENT, CP_EINVAL,
          "media '%.100s' is %s: Telegram takes photos and videos here", m->src, b->type);
@@ -916,7 +759,7 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
   if (j->n_loaded < j->n_media) {
     int err = j->req->host->media_load(j->req, &j->post->media[j->n_loaded], on_media, j);
     if (err)
-      fail(j, media_outcome(err), err, "media '%.100s': %s", j->post->media[j->n_loaded].src,
+      fail(j, cp_cu_media_outcome(err), err, "media '%.100s': %s", j->post->media[j->n_loaded].src,
            cp_strerror(err));
     return;
   }
@@ -951,14 +794,8 @@ static void resume(struct job *j, const char *progress) {
   }
 }
 
-static void deferred_closed(uv_handle_t *h) {
-  free(h);
-}
-
-static void deferred(uv_timer_t *timer) {
-  struct job *j = timer->data;
-  uv_close((uv_handle_t *)timer, deferred_closed);
-  next_step(j);
+static void deferred(void *arg) {
+  next_step(arg);
 }
 
 static int telegram_publish(void *instance, const struct cp_post *post,
@@ -974,27 +811,14 @@ static int telegram_publish(void *instance, const struct cp_post *post,
   j->t = t;
   j->post = post;
   j->req = req;
-  const char *silent = cp_post_option(post, "silent");
-  j->silent = silent && parse_bool(silent) == 1;
+  j->silent = cp_cu_option_bool(post, "silent", 0);
   j->n_media = post->n_media > MEDIA_MAX ? MEDIA_MAX : post->n_media;
   if (*text) {
-    if (post->thread && cp_text_utf16_len(text) > limit) {
-      err = cp_text_split(text, limit, CP_COUNT_UTF16, post->numbered, &j->parts, &j->n_parts);
-      if (err) {
-        job_free(j);
-        return err;
-      }
-    } else {
-      j->parts = malloc(sizeof *j->parts);
-      if (j->parts)
-        j->parts[0] = strdup(text);
-      if (!j->parts || !j->parts[0]) {
-        free(j->parts);
-        j->parts = NULL;
-        job_free(j);
-        return CP_ENOMEM;
-      }
-      j->n_parts = 1;
+    err = cp_cu_text_parts(text, post->thread && cp_text_utf16_len(text) > limit, limit,
+                           CP_COUNT_UTF16, post->numbered, &j->parts, &j->n_parts);
+    if (err) {
+      job_free(j);
+      return err;
     }
   }
   if (j->n_media && j->n_parts == 1 && cp_text_utf16_len(j->parts[0]) <= CAPTION_MAX)
@@ -1013,14 +837,7 @@ static int telegram_publish(void *instance, const struct cp_post *post,
   } else {
     /* Nothing to load: the first request leaves from the loop (or the completion does, when an
      * earlier attempt sent everything but could not report it). */
-    uv_timer_t *timer = malloc(sizeof *timer);
-    err = timer ? uv_timer_init(t->host->loop, timer) : CP_ENOMEM;
-    if (!err) {
-      timer->data = j;
-      uv_timer_start(timer, deferred, 0, 0);
-    } else {
-      free(timer);
-    }
+    err = cp_cu_call_later(t->host, 0, deferred, j);
   }
   if (err) {
     job_free(j);

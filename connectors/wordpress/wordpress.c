@@ -43,6 +43,7 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 #include "http.h"
 
@@ -117,33 +118,6 @@ static void wp_free(void *instance) {
   free(w);
 }
 
-/* "30", "30s" or "500ms" to milliseconds; -1 if unreadable or out of range. */
-static long parse_timeout(const char *s) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || v <= 0)
-    return -1;
-  if (!strcmp(end, "ms"))
-    return v > MAX_TIMEOUT_MS ? -1 : v;
-  if ((*end && strcmp(end, "s")) || v > MAX_TIMEOUT_MS / 1000)
-    return -1;
-  return v * 1000;
-}
-
-/* 1 for yes/true/on/1, 0 for no/false/off/0, -1 otherwise. */
-static int parse_bool(const char *s) {
-  static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false", "off",
-                                                                              "0"};
-  for (size_t i = 0; i < 4; i++) {
-    if (!strcasecmp(s, yes[i]))
-      return 1;
-    if (!strcasecmp(s, no[i]))
-      return 0;
-  }
-  return -1;
-}
-
 /* Checks that url is http(s) with a host, and plain http only to this machine (Application
  * Passwords travel in every request). Sets *why for people on failure. */
 static bool site_ok(const char *url, const char **why) {
@@ -155,7 +129,7 @@ static bool site_ok(const char *url, const char **why) {
   if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-    bool loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
+    bool loop = cp_cu_loopback_host(host, false);
     if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK) {
       *why = "has a query: give the site's address only, and the API's in api_path";
     } else if (!strcmp(scheme, "https")) {
@@ -278,43 +252,24 @@ static int wp_init(const struct cp_host *host, const struct cp_connector_conf *c
                  "pending, private",
                  conf->file, line, conf->name, v);
   }
-  line = conf->line;
-  v = conf->get(conf, "create_tags", &line);
-  if (v) {
-    int b = parse_bool(v);
-    if (b < 0)
-      CONF_ERROR("%s:%d: [channel %s] create_tags: '%s' is not yes or no", conf->file, line,
-                 conf->name, v);
-    w->create_tags = b;
-  }
-  line = conf->line;
-  v = conf->get(conf, "timeout", &line);
-  if (v) {
-    w->timeout_ms = parse_timeout(v);
-    if (w->timeout_ms < 0)
-      CONF_ERROR("%s:%d: [channel %s] timeout: '%s' is not a duration such as 30 or 500ms "
-                 "(at most 600 s)",
-                 conf->file, line, conf->name, v);
-  }
-  line = conf->line;
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v)
-      CONF_ERROR("%s:%d: [channel %s] max_chars: '%s' is not a number", conf->file, line,
-                 conf->name, v);
-    w->max_chars = (size_t)m;
-  }
-
-  err = host->secret(host, conf, "app_password", &password);
-  if (err == CP_ENOTFOUND)
-    CONF_ERROR("%s:%d: [channel %s] needs app_password_file or app_password_env: an Application "
-               "Password (WordPress: Users > Profile > Application Passwords)",
-               conf->file, conf->line, conf->name);
+  int create_tags = w->create_tags;
+  err = cp_cu_conf_bool(host, conf, "create_tags", &create_tags);
+  if (!err)
+    err = cp_cu_conf_timeout(host, conf, "timeout", 30, MAX_TIMEOUT_MS, &w->timeout_ms);
+  if (!err)
+    err = cp_cu_conf_count(host, conf, "max_chars", 0, ~0ULL, "a number", &w->max_chars);
   if (err) {
-    wp_free(w); /* host->secret logged why */
+    wp_free(w);
+    return err;
+  }
+  w->create_tags = create_tags;
+
+  err = cp_cu_conf_secret(host, conf, "app_password",
+                          "app_password_file or app_password_env: an Application Password "
+                          "(WordPress: Users > Profile > Application Passwords)",
+                          &password);
+  if (err) {
+    wp_free(w);
     return err;
   }
   w->auth = basic_auth(w->username, password);
@@ -663,13 +618,12 @@ static void fail(struct pub *p, enum cp_outcome outcome, long status, int err, c
     __attribute__((format(printf, 5, 6)));
 static void fail(struct pub *p, enum cp_outcome outcome, long status, int err, const char *fmt,
                  ...) {
-  struct cp_result res = {.outcome = outcome, .http_status = status, .err = err};
-  char msg[2 * CP_RESULT_MESSAGE_MAX];
+  struct cp_result res;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(res.message, sizeof res.message, msg, strlen(msg));
+  res.http_status = status;
   finish(p, &res);
 }
 
@@ -1123,10 +1077,7 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
   const char *src = p->post->media[0].src;
   if (blob->err) {
     int e = blob->err;
-    /* A missing file or a wrong type stays wrong; a failed download may work later. */
-    bool permanent = e == -ENOENT || e == -EACCES || e == -EISDIR || e == CP_ENOTFOUND ||
-                     e == CP_EINVAL || e == CP_ETOOBIG || e == CP_EPARSE;
-    fail(p, permanent ? CP_OUTCOME_PERMANENT : CP_OUTCOME_RETRY, 0, e, "media %s: %s", src,
+    fail(p, cp_cu_media_outcome(e), 0, e, "media %s: %s", src,
          blob->errmsg[0] ? blob->errmsg : cp_strerror(e));
     return;
   }

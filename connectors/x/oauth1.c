@@ -13,61 +13,30 @@
 #include <openssl/rand.h>
 
 #include "calpost/err.h"
-
-/* ---- a growing string ---------------------------------------------------------------------- */
-
-struct buf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n) {
-  if (b->oom)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 128;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-}
-
-static void buf_puts(struct buf *b, const char *s) {
-  buf_add(b, s, strlen(s));
-}
+#include "conn_util.h"
 
 /* Appends encode(s[0..len)). */
-static void buf_encode(struct buf *b, const char *s, size_t len) {
+static void buf_encode(struct cp_cu_buf *b, const char *s, size_t len) {
   static const char hex[] = "0123456789ABCDEF";
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
     if (isalnum(c) && c < 0x80) {
       char ch = (char)c;
-      buf_add(b, &ch, 1);
+      cp_cu_buf_add(b, &ch, 1);
     } else if (c == '-' || c == '.' || c == '_' || c == '~') {
       char ch = (char)c;
-      buf_add(b, &ch, 1);
+      cp_cu_buf_add(b, &ch, 1);
     } else {
       char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
-      buf_add(b, esc, 3);
+      cp_cu_buf_add(b, esc, 3);
     }
   }
 }
 
 char *cp_oauth1_encode(const char *s, size_t len) {
-  struct buf b = {0};
+  struct cp_cu_buf b = {0};
   buf_encode(&b, s, len);
-  buf_add(&b, "", 0); /* "" encodes to "", which still needs an allocation */
+  cp_cu_buf_add(&b, "", 0); /* "" encodes to "", which still needs an allocation */
   if (b.oom) {
     free(b.p);
     return NULL;
@@ -186,7 +155,7 @@ static int pairs_add_query(struct pairs *ps, const char *q) {
 /* ---- base string ---------------------------------------------------------------------------- */
 
 /* The base string URI (RFC 5849 3.4.1.2) of u into b. Returns 0 or CP_EINVAL / CP_ENOMEM. */
-static int base_uri(CURLU *u, struct buf *b) {
+static int base_uri(CURLU *u, struct cp_cu_buf *b) {
   char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
   int err = CP_EINVAL;
 
@@ -200,16 +169,16 @@ static int base_uri(CURLU *u, struct buf *b) {
     *p = (char)tolower((unsigned char)*p);
   for (char *p = host; *p; p++)
     *p = (char)tolower((unsigned char)*p);
-  buf_puts(b, scheme);
-  buf_puts(b, "://");
-  buf_puts(b, host);
+  cp_cu_buf_str(b, scheme);
+  cp_cu_buf_str(b, "://");
+  cp_cu_buf_str(b, host);
   bool dflt = port && ((!strcmp(scheme, "http") && !strcmp(port, "80")) ||
                        (!strcmp(scheme, "https") && !strcmp(port, "443")));
   if (port && !dflt) {
-    buf_puts(b, ":");
-    buf_puts(b, port);
+    cp_cu_buf_str(b, ":");
+    cp_cu_buf_str(b, port);
   }
-  buf_puts(b, *path ? path : "/");
+  cp_cu_buf_str(b, *path ? path : "/");
   err = b->oom ? CP_ENOMEM : 0;
 out:
   curl_free(scheme);
@@ -221,7 +190,7 @@ out:
 
 int cp_oauth1_base_string(const char *method, const char *url, const struct cp_oauth1_param *params,
                           size_t n, char **out) {
-  struct buf uri = {0}, norm = {0}, b = {0};
+  struct cp_cu_buf uri = {0}, norm = {0}, b = {0};
   struct pairs ps = {0};
   char *query = NULL;
   int err;
@@ -253,20 +222,20 @@ int cp_oauth1_base_string(const char *method, const char *url, const struct cp_o
     qsort(ps.v, ps.n, sizeof *ps.v, pair_cmp);
   for (size_t i = 0; i < ps.n; i++) {
     if (i)
-      buf_puts(&norm, "&");
-    buf_puts(&norm, ps.v[i].name);
-    buf_puts(&norm, "=");
-    buf_puts(&norm, ps.v[i].value);
+      cp_cu_buf_str(&norm, "&");
+    cp_cu_buf_str(&norm, ps.v[i].name);
+    cp_cu_buf_str(&norm, "=");
+    cp_cu_buf_str(&norm, ps.v[i].value);
   }
-  buf_add(&norm, "", 0);
+  cp_cu_buf_add(&norm, "", 0);
 
   for (const char *m = method; *m; m++) {
     char c = (char)toupper((unsigned char)*m);
-    buf_add(&b, &c, 1);
+    cp_cu_buf_add(&b, &c, 1);
   }
-  buf_puts(&b, "&");
+  cp_cu_buf_str(&b, "&");
   buf_encode(&b, uri.p, uri.len);
-  buf_puts(&b, "&");
+  cp_cu_buf_str(&b, "&");
   buf_encode(&b, norm.p ? norm.p : "", norm.len);
   err = (b.oom || norm.oom) ? CP_ENOMEM : 0;
   if (!err) {
@@ -287,14 +256,14 @@ out:
 
 int cp_oauth1_signature(const char *consumer_secret, const char *token_secret, const char *base,
                         char out[CP_OAUTH1_SIG_SIZE]) {
-  struct buf key = {0};
+  struct cp_cu_buf key = {0};
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int mdlen = 0;
 
   if (!token_secret)
     token_secret = "";
   buf_encode(&key, consumer_secret, strlen(consumer_secret));
-  buf_puts(&key, "&");
+  cp_cu_buf_str(&key, "&");
   buf_encode(&key, token_secret, strlen(token_secret));
   if (key.oom) {
     free(key.p);
@@ -321,7 +290,7 @@ int cp_oauth1_authorization(const struct cp_oauth1_creds *creds, const char *met
                             char **header, char *sig) {
   char signature[CP_OAUTH1_SIG_SIZE] = "";
   char *base = NULL;
-  struct buf h = {0};
+  struct cp_cu_buf h = {0};
   size_t n = 0;
   int err;
 
@@ -354,14 +323,14 @@ int cp_oauth1_authorization(const struct cp_oauth1_creds *creds, const char *met
       all[m++] = all[i];
   all[m++] = (struct cp_oauth1_param){"oauth_signature", signature};
   qsort(all, m, sizeof *all, param_cmp);
-  buf_puts(&h, "OAuth ");
+  cp_cu_buf_str(&h, "OAuth ");
   for (size_t i = 0; i < m; i++) {
     if (i)
-      buf_puts(&h, ", ");
+      cp_cu_buf_str(&h, ", ");
     buf_encode(&h, all[i].name, strlen(all[i].name));
-    buf_puts(&h, "=\"");
+    cp_cu_buf_str(&h, "=\"");
     buf_encode(&h, all[i].value, strlen(all[i].value));
-    buf_puts(&h, "\"");
+    cp_cu_buf_str(&h, "\"");
   }
   if (h.oom) {
     err = CP_ENOMEM;

@@ -41,6 +41,7 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 #include "http.h"
 #include "oauth1.h"
@@ -313,8 +314,7 @@ static char *base_url(const struct cp_host *host, const struct cp_connector_conf
   if (u && curl_url_set(u, CURLUPART_URL, v, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &h, 0) == CURLUE_OK) {
-    bool loop = !strcmp(h, "localhost") || !strncmp(h, "127.", 4) || !strcmp(h, "[::1]");
-    if (!strcmp(scheme, "https") || (!strcmp(scheme, "http") && loop)) {
+    if (!strcmp(scheme, "https") || (!strcmp(scheme, "http") && cp_cu_loopback_host(h, false))) {
       out = strdup(v);
       for (size_t n = out ? strlen(out) : 0; n && out[n - 1] == '/'; n--)
         out[n - 1] = '\0';
@@ -336,17 +336,14 @@ static char *base_url(const struct cp_host *host, const struct cp_connector_conf
 
 static int read_secret(const struct cp_host *host, const struct cp_connector_conf *conf,
                        const char *key, const char *what, char **out) {
-  int err = host->secret(host, conf, key, out);
-  if (err == CP_ENOTFOUND)
-    host->log(host, CP_LOG_ERROR, "%s:%d: [channel %s] needs %s_file or %s_env (%s)", conf->file,
-              conf->line, conf->name, key, key, what);
-  return err == CP_ENOTFOUND ? CP_ECONFIG : err;
+  char needs[160];
+  snprintf(needs, sizeof needs, "%s_file or %s_env (%s)", key, key, what);
+  return cp_cu_conf_secret(host, conf, key, needs, out);
 }
 
 static int x_init(const struct cp_host *host, const struct cp_connector_conf *conf,
                   void **instance) {
-  int line = conf->line, err;
-  const char *v;
+  int err;
 
   cp_connector_check_keys(host, conf, known_keys);
   struct x *x = calloc(1, sizeof *x);
@@ -364,19 +361,11 @@ static int x_init(const struct cp_host *host, const struct cp_connector_conf *co
     x_free(x);
     return CP_ECONFIG;
   }
-  v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0 || m > 100000) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] max_chars: '%s' is not a number from 1 to 100000", conf->file,
-                line, conf->name, v);
-      x_free(x);
-      return CP_ECONFIG;
-    }
-    x->max_chars = (size_t)m;
+  err = cp_cu_conf_count(host, conf, "max_chars", 1, 100000, "a number from 1 to 100000",
+                         &x->max_chars);
+  if (err) {
+    x_free(x);
+    return err;
   }
   err = read_secret(host, conf, "consumer_key", "the app's API key", &x->consumer_key);
   if (!err)
@@ -655,16 +644,11 @@ static void finish(struct job *j) {
 static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void fail(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...) {
-  char msg[CP_RESULT_MESSAGE_MAX];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&j->res, outcome, err, fmt, ap);
   va_end(ap);
-  memset(&j->res, 0, sizeof j->res);
-  j->res.outcome = outcome;
-  j->res.err = err;
   j->res.http_status = j->last_status;
-  cp_connector_copy_text(j->res.message, sizeof j->res.message, msg, strlen(msg));
   finish(j);
 }
 
@@ -798,31 +782,23 @@ static int save_progress(struct job *j) {
   buf[0] = '\0';
   for (size_t k = 0; k < j->n_parts; k++)
     if (j->ids[k][0]) {
-      int n = snprintf(buf + len, sizeof buf - len, "%s%zu=%s", len ? ";" : "", k + 1, j->ids[k]);
-      if (n < 0 || (size_t)n >= sizeof buf - len)
-        return CP_ELIMIT;
-      len += (size_t)n;
+      int err = cp_cu_progress_put(buf, sizeof buf, &len, "", k + 1, j->ids[k]);
+      if (err)
+        return err;
     }
   return j->x->host->save_progress(j->req, buf);
 }
 
+static int load_part(void *arg, size_t k, const char *id) {
+  struct job *j = arg;
+  if (all_digits(id, ID_MAX))
+    snprintf(j->ids[k - 1], ID_MAX, "%s", id);
+  return 0;
+}
+
 /* Reads "1=<id>;2=<id>" into j->ids (parts beyond the thread's length are ignored). */
 static void load_progress(struct job *j, const char *progress) {
-  char *copy = strdup(progress ? progress : ""), *save = NULL;
-  if (!copy)
-    return;
-  for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
-    char *eq = strchr(tok, '='), *end;
-    if (!eq)
-      continue;
-    *eq = '\0';
-    errno = 0;
-    unsigned long k = strtoul(tok, &end, 10);
-    if (errno || *end || k == 0 || k > j->n_parts || !all_digits(eq + 1, ID_MAX))
-      continue;
-    snprintf(j->ids[k - 1], ID_MAX, "%s", eq + 1);
-  }
-  free(copy);
+  cp_cu_progress_each(progress, "", j->n_parts, load_part, j);
 }
 
 static void set_ok(struct job *j) {
@@ -1108,22 +1084,9 @@ static bool media_kind_of(const char *ct, enum media_kind *kind, size_t *max) {
 }
 
 /* Whether a failed media load can succeed later (a network problem) or not (missing file, wrong
- * type, too big). */
+ * type, too big; also -EPERM here). */
 static enum cp_outcome load_outcome(int err) {
-  switch (err) {
-    case -ENOENT:
-    case -EACCES:
-    case -EISDIR:
-    case -EPERM:
-    case CP_EINVAL:
-    case CP_ENOTFOUND:
-    case CP_ETOOBIG:
-    case CP_EPARSE:
-    case CP_ELIMIT:
-      return CP_OUTCOME_PERMANENT;
-    default:
-      return CP_OUTCOME_RETRY;
-  }
+  return err == -EPERM ? CP_OUTCOME_PERMANENT : cp_cu_media_outcome(err);
 }
 
 static void on_media_loaded(const struct cp_media_blob *blob, void *data) {
@@ -1230,23 +1193,12 @@ static int x_publish(void *instance, const struct cp_post *post, const struct cp
   j->x = x;
   j->req = req;
   j->post = post;
-  if (post->thread && *text) { /* a media-only post is one part */
-    err = cp_text_split(text, limit_of(x), CP_COUNT_X, post->numbered, &j->parts, &j->n_parts);
-    if (err) {
-      job_free(j);
-      return err;
-    }
-  } else {
-    j->parts = calloc(1, sizeof *j->parts);
-    if (j->parts)
-      j->parts[0] = strdup(text);
-    if (!j->parts || !j->parts[0]) {
-      free(j->parts);
-      j->parts = NULL;
-      job_free(j);
-      return CP_ENOMEM;
-    }
-    j->n_parts = 1;
+  /* A media-only post is one part. */
+  err = cp_cu_text_parts(text, post->thread && *text, limit_of(x), CP_COUNT_X, post->numbered,
+                         &j->parts, &j->n_parts);
+  if (err) {
+    job_free(j);
+    return err;
   }
   if (j->n_parts == 0) {
     job_free(j);
