@@ -55,6 +55,7 @@
 #include "calpost/connector.h"
 #include "calpost/err.h"
 #include "calpost/text.h"
+#include "conn_util.h"
 #include "connector_registry.h"
 
 #define DEFAULT_SERVICE "https://bsky.social"
@@ -175,26 +176,6 @@ static void bsky_free(void *instance) {
   free(b);
 }
 
-/* True if url is https, or http to this machine; sets *is_http. */
-static bool url_acceptable(const char *url, bool *is_http) {
-  CURLU *u = curl_url();
-  char *scheme = NULL, *host = NULL;
-  bool ok = false, loop = false;
-
-  *is_http = false;
-  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-    ok = !strcmp(scheme, "https") || !strcmp(scheme, "http");
-    *is_http = !strcmp(scheme, "http");
-    loop = !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "[::1]");
-  }
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  return ok && (!*is_http || loop);
-}
-
 static int bsky_init(const struct cp_host *host, const struct cp_connector_conf *conf,
                      void **instance) {
   int line = conf->line, sline = conf->line;
@@ -213,7 +194,7 @@ static int bsky_init(const struct cp_host *host, const struct cp_connector_conf 
   }
   if (!service || !*service)
     service = DEFAULT_SERVICE;
-  else if (!url_acceptable(service, &is_http)) {
+  else if (!cp_cu_url_ok(service, &is_http)) {
     host->log(host, CP_LOG_ERROR,
               is_http ? "%s:%d: [channel %s] service: '%s' is plain http to another machine: the "
                         "app password would travel unencrypted; use https"
@@ -237,20 +218,10 @@ static int bsky_init(const struct cp_host *host, const struct cp_connector_conf 
   for (size_t n = strlen(b->service); n > 0 && b->service[n - 1] == '/'; n--)
     b->service[n - 1] = '\0';
 
-  line = conf->line;
-  const char *v = conf->get(conf, "max_chars", &line);
-  if (v) {
-    char *end;
-    errno = 0;
-    unsigned long long m = strtoull(v, &end, 10);
-    if (errno || *end || end == v || m == 0) {
-      host->log(host, CP_LOG_ERROR,
-                "%s:%d: [channel %s] max_chars: '%s' is not a positive number of graphemes",
-                conf->file, line, conf->name, v);
-      bsky_free(b);
-      return CP_ECONFIG;
-    }
-    b->max_chars = (size_t)m;
+  if (cp_cu_conf_count(host, conf, "max_chars", 1, ~0ULL, "a positive number of graphemes",
+                       &b->max_chars) < 0) {
+    bsky_free(b);
+    return CP_ECONFIG;
   }
   err = host->secret(host, conf, "app_password", &b->password);
   if (err == CP_ENOTFOUND) {
@@ -308,40 +279,6 @@ static int split_post(const struct bsky *b, const struct cp_post *post, char ***
       return CP_ELIMIT;
     }
   return 0;
-}
-
-/* The lower-case extension of a media source's path (URL query excluded), or "". */
-static void media_ext(const char *src, char *ext, size_t size) {
-  char *path = NULL;
-  const char *p = src;
-  CURLU *u = NULL;
-
-  ext[0] = '\0';
-  if (!strncasecmp(src, "http://", 7) || !strncasecmp(src, "https://", 8)) {
-    u = curl_url();
-    if (u && curl_url_set(u, CURLUPART_URL, src, 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK)
-      p = path;
-    else
-      p = "";
-  }
-  const char *slash = strrchr(p, '/');
-  const char *dot = strrchr(slash ? slash : p, '.');
-  if (dot && strlen(dot + 1) < size) {
-    size_t i = 0;
-    for (const char *c = dot + 1; *c; c++)
-      ext[i++] = (char)tolower((unsigned char)*c);
-    ext[i] = '\0';
-  }
-  curl_free(path);
-  curl_url_cleanup(u);
-}
-
-static bool in_list(const char *s, const char *const *list) {
-  for (size_t i = 0; list[i]; i++)
-    if (!strcmp(s, list[i]))
-      return true;
-  return false;
 }
 
 /* Reads the language option ("en", "en, de", "pt-BR") into a JSON array (if langs is not
@@ -438,10 +375,10 @@ static int bsky_validate(void *instance, const struct cp_post *post, cp_diag_cb 
     bad = true;
   }
   for (size_t i = 0; i < post->n_media; i++) {
-    media_ext(post->media[i].src, ext, sizeof ext);
-    if (!*ext || in_list(ext, images))
+    cp_cu_media_ext(post->media[i].src, ext, sizeof ext, false);
+    if (!*ext || cp_cu_in_list(ext, images))
       continue;
-    if (in_list(ext, videos))
+    if (cp_cu_in_list(ext, videos))
       snprintf(msg, sizeof msg,
                "media %s: videos are not supported on Bluesky by calpost: use an image (PNG, "
                "JPEG, GIF or WebP)",
@@ -771,16 +708,11 @@ static void finish_with(struct job *j, enum cp_outcome outcome, int err, const c
 
 static void finish_with(struct job *j, enum cp_outcome outcome, int err, const char *fmt, ...) {
   struct cp_result res;
-  char msg[CP_RESULT_MESSAGE_MAX * 2];
   va_list ap;
 
-  memset(&res, 0, sizeof res);
-  res.outcome = outcome;
-  res.err = err;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  cp_cu_result_vset(&res, outcome, err, fmt, ap);
   va_end(ap);
-  cp_connector_copy_text(res.message, sizeof res.message, msg, strlen(msg));
   finish(j, &res);
 }
 
@@ -1378,11 +1310,8 @@ static void on_media(const struct cp_media_blob *blob, void *data) {
 
   if (blob->err) {
     /* A file that is missing or not an image stays so; a failed download may work later. */
-    bool lasting = blob->err == -ENOENT || blob->err == -EACCES || blob->err == -EISDIR ||
-                   blob->err == CP_EINVAL || blob->err == CP_ETOOBIG || blob->err == CP_EPARSE ||
-                   blob->err == CP_ELIMIT || blob->err == CP_ENOTFOUND;
-    finish_with(j, lasting ? CP_OUTCOME_PERMANENT : CP_OUTCOME_RETRY, blob->err, "media %s: %s",
-                m->src, *blob->errmsg ? blob->errmsg : cp_strerror(blob->err));
+    finish_with(j, cp_cu_media_outcome(blob->err), blob->err, "media %s: %s", m->src,
+                *blob->errmsg ? blob->errmsg : cp_strerror(blob->err));
     return;
   }
   if (!blob->content_type || strncmp(blob->content_type, "image/", 6)) {
