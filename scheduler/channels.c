@@ -55,9 +55,24 @@ static int h_http_request(const struct cp_host *host, const struct cp_http_req *
   return cp_http_request(of(host)->http, req, cb, data);
 }
 
+/* Replaces every secret handed out by h_secret with "***" (the daemon's redact() does the same). */
+static void redact(const struct cp_channels *c, char *line) {
+  for (size_t i = 0; i < c->n_secrets; i++) {
+    size_t sl = strlen(c->secrets[i]);
+    for (char *p = sl ? strstr(line, c->secrets[i]) : NULL; p; p = strstr(p + 3, c->secrets[i])) {
+      memmove(p + 3, p + sl, strlen(p + sl) + 1);
+      memcpy(p, "***", 3);
+    }
+  }
+}
+
 static void h_complete(const struct cp_publish_req *req, const struct cp_result *res) {
   struct chan *ch = req->host_data;
   ch->c->res = *res;
+  /* A server may quote the credentials it rejected: `calpost channels` prints this message. */
+  redact(ch->c, ch->c->res.message);
+  redact(ch->c, ch->c->res.remote_id);
+  redact(ch->c, ch->c->res.remote_url);
   ch->c->done = true;
 }
 
@@ -70,13 +85,7 @@ static void h_log(const struct cp_host *host, enum cp_log_level level, const cha
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
-  for (size_t i = 0; i < c->n_secrets; i++) {
-    size_t sl = strlen(c->secrets[i]);
-    for (char *p = sl ? strstr(line, c->secrets[i]) : NULL; p; p = strstr(p + 3, c->secrets[i])) {
-      memmove(p + 3, p + sl, strlen(p + sl) + 1);
-      memcpy(p, "***", 3);
-    }
-  }
+  redact(c, line);
   const char *name = c->current ? c->current->cc->name : "?";
   /* Connector messages name the file and line themselves when they are about the config. */
   fprintf(c->log, "%s: [channel %s] %s\n", level == CP_LOG_ERROR ? "error" : "warning", name, line);

@@ -45,8 +45,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "support"))
-from daemon_harness import (SANITIZER_MARKS, SCALE, Daemon, calendar_text,  # noqa: E402
-                            Event, post_id, wait_for)
+from daemon_harness import (KEEP, SANITIZER_MARKS, SCALE, Daemon,  # noqa: E402
+                            calendar_text, Event, kept_dir, post_id, register_secret, wait_for)
 
 SRC = os.environ.get("CP_SRC") or os.path.dirname(HERE)
 PKG = os.path.join(HERE, "support", "pds")
@@ -304,7 +304,7 @@ def run(folder):
 
         app = pds.xrpc("com.atproto.server.createAppPassword", {"name": "calpost"},
                        token=acc["accessJwt"])
-        setup = Setup(folder, pds, app["password"])
+        setup = Setup(folder, pds, register_secret(app["password"]))
 
         # 1. Three posts a few seconds ahead.
         T = int(time.time() + 4 * SCALE) + 1
@@ -411,7 +411,7 @@ def run(folder):
         # published again. The record keys are the same, so the PDS keeps one copy of each.
         app2 = pds.xrpc("com.atproto.server.createAppPassword", {"name": "calpost-2"},
                         token=owner())
-        setup.set_password(app2["password"])
+        setup.set_password(register_secret(app2["password"]))
         shutil.rmtree(os.path.join(folder, "state"))
         d2 = setup.start()
         setup.wait_sent(pids + [later_pid, revoked_pid], 90)
@@ -455,7 +455,10 @@ def main():
         print("FAIL test_bluesky_pds (%.1f s)" % (time.time() - t))
         print("0 passed, 1 failed: test_bluesky_pds", flush=True)
         sys.exit(1)
-    shutil.rmtree(folder, ignore_errors=True)
+    if KEEP:
+        kept_dir(folder)  # for tests/secrets_sweep.py
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     print("PASS test_bluesky_pds (%.1f s)" % (time.time() - t))
     print("1 passed, 0 failed", flush=True)
 

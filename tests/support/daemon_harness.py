@@ -33,6 +33,44 @@ SRC = os.path.dirname(os.path.dirname(HERE))
 CALPOST = os.environ.get("CALPOST") or os.path.join(SRC, "build", "calpost")
 TESTSERVER = os.path.join(HERE, "testserver.py")
 SCALE = float(os.environ.get("CP_TEST_TIMEOUT_SCALE", "1"))
+# Under valgrind a daemon needs seconds to start: $CP_TEST_GRACE widens the default grace so that
+# a post that fell due during the start is published late, not missed (tests that set a grace
+# keep theirs). tests/test_valgrind_daemon.py sets it.
+GRACE = os.environ.get("CP_TEST_GRACE", "5s")
+# ctest sets $CP_TEST_KEEP and $CP_TEST_OUTPUT (tests/CMakeLists.txt): every temporary folder is
+# kept and listed in $CP_TEST_OUTPUT/kept-dirs.txt for tests/secrets_sweep.py, which greps all of
+# it for the test secrets after the other tests ran.
+KEEP = bool(os.environ.get("CP_TEST_KEEP"))
+OUTPUT = os.environ.get("CP_TEST_OUTPUT")
+# With $CP_TEST_STOP_AT_CLOSE a daemon still running when its test ends gets SIGTERM (SIGKILL only
+# if it does not stop), so that valgrind can report its leaks (tests/test_valgrind_daemon.py).
+STOP_AT_CLOSE = bool(os.environ.get("CP_TEST_STOP_AT_CLOSE"))
+
+
+def _output_append(name, line):
+    if not OUTPUT:
+        return
+    os.makedirs(OUTPUT, exist_ok=True)
+    with open(os.path.join(OUTPUT, name), "a") as f:
+        f.write(line + "\n")
+
+
+def kept_dir(path, failed=False):
+    """Lists path for the secrets sweep (with $CP_TEST_KEEP), which removes it after a clean
+    sweep unless the test failed; returns path."""
+    if KEEP:
+        _output_append("kept-dirs.txt", os.path.abspath(path))
+        if failed:
+            _output_append("failed-dirs.txt", os.path.abspath(path))
+    return path
+
+
+def register_secret(value):
+    """Names a secret made while the test runs (a random token, one a server issued) for the
+    secrets sweep; the fixed ones are listed in tests/data/test-secrets.txt."""
+    _output_append("secrets.registered", value)
+    return value
+
 
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -242,7 +280,7 @@ class Env:
         self.db = os.path.join(self.state_dir, "calpost.db")
         self.daemons = []
         self.channels = channels if channels is not None else {"a": {}}
-        self.settings = {"state_dir": "state", "timezone": "UTC", "grace": "5s",
+        self.settings = {"state_dir": "state", "timezone": "UTC", "grace": GRACE,
                          "retry_base": "500ms", "retry_cap": "2s", "stop_wait": "10s",
                          "log_level": "debug"}
         self.settings.update(settings or {})
@@ -305,6 +343,10 @@ class Env:
         """Runs `calpost ARGS -c CONFIG`; returns (exit status, stdout, stderr)."""
         p = subprocess.run([CALPOST] + list(args) + ["-c", self.config], capture_output=True,
                            text=True, timeout=30 * SCALE)
+        # What the user saw, for the secrets sweep (removed with the folder unless kept).
+        with open(os.path.join(self.dir, "cli.log"), "a") as f:
+            f.write("$ calpost %s\n%s%s[exit %d]\n" % (" ".join(args), p.stdout, p.stderr,
+                                                       p.returncode))
         if check and p.returncode != 0:
             raise AssertionError("calpost %s exited %d: %s%s" % (" ".join(args), p.returncode,
                                                                   p.stdout, p.stderr))
@@ -376,11 +418,18 @@ class Env:
 
     def close(self, keep=False):
         for d in self.daemons:
+            if d.proc.poll() is None and STOP_AT_CLOSE:
+                try:
+                    d.stop()
+                except AssertionError:
+                    pass
             if d.proc.poll() is None:
                 d.kill()
         self.server.close()
         if keep:
             sys.stderr.write("kept the files of %s in %s\n" % (self.name, self.dir))
+        if keep or KEEP:
+            kept_dir(self.dir, failed=keep)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
