@@ -827,6 +827,149 @@ static void config_errors(void **state) {
   unlink(ftp);
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+#define MSG_ID "1180000000000000123"
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_discord.engagement(mh->instance, remote_id, "", &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+static void engagement_sums_the_reactions(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_discord.caps & CP_CAP_ENGAGEMENT);
+  connect_kv(f, NULL, NULL, NULL, NULL);
+  /* Get Webhook Message: the message object with its reactions (abridged). */
+  testserver_script(
+      &f->ts,
+      "[{\"path\": \"" HOOK_PATH "/messages/" MSG_ID "\", \"json\": {\"id\": \"" MSG_ID "\", "
+      "\"channel_id\": \"55\", \"content\": \"hello\", \"webhook_id\": \"223344556677\", "
+      "\"reactions\": [{\"count\": 5, \"count_details\": {\"burst\": 1, \"normal\": 4}, "
+      "\"me\": false, \"emoji\": {\"id\": null, \"name\": \"" EMOJI "\"}}, {\"count\": 2, "
+      "\"me\": false, \"emoji\": {\"id\": \"41771983429993937\", \"name\": \"party\"}}]}}]");
+  struct cp_result res = engagement(f, MSG_ID);
+  assert_string_equal(cp_outcome_name(res.outcome), "OK");
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.likes, 7);
+  assert_int_equal(res.replies, -1);
+  assert_int_equal(res.reposts, -1);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  assert_string_equal(res.remote_id, "");
+  assert_no_secret(&res);
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_request_line(r, "GET", HOOK_PATH "/messages/" MSG_ID);
+  assert_null(testserver_header(r, "Authorization")); /* the URL is the credential */
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+  json_decref(reqs);
+  assert_int_equal(f->mh.progress_saves, 0);
+
+  /* No reactions yet: Discord leaves the field out. */
+  testserver_script(&f->ts, "[{\"json\": {\"id\": \"" MSG_ID "\", \"content\": \"hello\"}}]");
+  res = engagement(f, MSG_ID);
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.likes, 0);
+  json_decref(testserver_requests(&f->ts));
+}
+
+static void engagement_in_a_thread_keeps_thread_id(void **state) {
+  struct fixture *f = *state;
+  char url[200];
+  testserver_url(&f->ts, HOOK_PATH "?thread_id=998877", url, sizeof url);
+  setenv("CP_TEST_DISCORD_URL", url, 1);
+  const char *kv[] = {"url_env", "CP_TEST_DISCORD_URL", NULL};
+  assert_int_equal(mock_host_connect(&f->mh, kv), 0);
+  testserver_script(&f->ts, "[{\"json\": {\"id\": \"42\", \"reactions\": [{\"count\": 1}]}}]");
+  struct cp_result res = engagement(f, "42");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.likes, 1);
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  assert_request_line(json_array_get(reqs, 0), "GET", HOOK_PATH "/messages/42?thread_id=998877");
+  json_decref(reqs);
+  unsetenv("CP_TEST_DISCORD_URL");
+}
+
+static const struct answer engagement_answers[] = {
+    {"[{\"status\": 404, \"json\": {\"message\": \"Unknown Message\", \"code\": 10008}}]",
+     CP_OUTCOME_PERMANENT, 404, -1, "message " MSG_ID ": the post was deleted: HTTP 404"},
+    {"[{\"status\": 404, \"json\": {\"message\": \"Unknown Webhook\", \"code\": 10015}}]",
+     CP_OUTCOME_PERMANENT, 404, -1, "the webhook was deleted"},
+    {"[{\"status\": 401, \"json\": {\"message\": \"Invalid Webhook Token\", \"code\": 50027}}]",
+     CP_OUTCOME_AUTH, 401, -1, "the webhook token is wrong"},
+    {"[{\"status\": 403, \"json\": {\"message\": \"Missing Access\", \"code\": 50001}}]",
+     CP_OUTCOME_AUTH, 403, -1, "Missing Access"},
+    {"[{\"status\": 429, \"headers\": {\"X-RateLimit-Reset-After\": \"4.5\"}, \"json\": {" LIMITED
+     ", \"retry_after\": 4.5}}]",
+     CP_OUTCOME_RATE_LIMITED, 429, 4500, "retry in 4.5 s"},
+    {"[{\"status\": 502, \"body\": \"<html>bad gateway</html>\"}]", CP_OUTCOME_RETRY, 502, -1,
+     "message " MSG_ID ": HTTP 502"},
+    /* A read that got no answer changed nothing: RETRY, never UNKNOWN. */
+    {"[{\"reset\": true, \"repeat\": true}]", CP_OUTCOME_RETRY, 0, -1, "reset"},
+    {"[{\"status\": 200, \"body\": \"<html>proxy</html>\"}]", CP_OUTCOME_RETRY, 200, -1,
+     "not a message"},
+    {"[{\"json\": {\"id\": \"1\", \"reactions\": {\"count\": 3}}}]", CP_OUTCOME_RETRY, 200, -1,
+     "not a message"},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  connect_kv(f, NULL, NULL, NULL, NULL);
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct answer *a = &engagement_answers[i];
+    print_message("answer %zu: %s\n", i, a->script);
+    testserver_script(&f->ts, a->script);
+    struct cp_result res = engagement(f, MSG_ID);
+    assert_string_equal(cp_outcome_name(res.outcome), cp_outcome_name(a->outcome));
+    assert_false(res.has_engagement);
+    assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.retry_at_ms, a->retry_in_ms < 0 ? 0 : MOCK_WALL_MS + a->retry_in_ms);
+    if (!strstr(res.message, a->message))
+      fail_msg("message '%s' lacks '%s'", res.message, a->message);
+    assert_no_secret(&res);
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    assert_true(json_array_size(reqs) >= 1);
+    json_array_foreach(reqs, k, r) assert_request_line(r, "GET", HOOK_PATH "/messages/" MSG_ID);
+    json_decref(reqs);
+  }
+
+  /* An id publish cannot have reported is refused at once, without a request or completion. */
+  testserver_script(&f->ts, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(cp_connector_discord.engagement(f->mh.instance, "../../x", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_discord.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 0);
+  json_decref(reqs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(sends_text_without_pings, setup, teardown),
@@ -845,6 +988,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(validate_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(login_check, setup, teardown),
       cmocka_unit_test_setup_teardown(config_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_sums_the_reactions, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_in_a_thread_keeps_thread_id, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -665,6 +665,192 @@ static void login_check_asks_who_the_token_is(void **state) {
   assert_null(strstr(f->mh.log, TOKEN));
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_facebook.engagement(mh->instance, remote_id, "", &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+#define ENGAGEMENT_FIELDS                                                                          \
+  "shares,reactions.summary(total_count).limit(0),comments.summary(total_count).limit(0)"
+
+/* The one request of an engagement read: a GET of the post with the fields and the token. */
+static void assert_post_get(struct fixture *f, const char *post_id, const char *proof) {
+  char prefix[128];
+  json_t *reqs = requests(f, 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(req_str(r, "method"), "GET");
+  snprintf(prefix, sizeof prefix, "/v24.0/%s?", post_id);
+  const char *path = req_str(r, "path");
+  if (strncmp(path, prefix, strlen(prefix)))
+    fail_msg("path %s, expected %s...", path, prefix);
+  const char *query = path + strlen(prefix);
+  assert_int_equal(form_count(query), proof ? 3 : 2);
+  assert_field(query, "fields", ENGAGEMENT_FIELDS);
+  assert_field(query, "access_token", TOKEN);
+  assert_field(query, "appsecret_proof", proof);
+  assert_null(testserver_header(r, "Authorization"));
+  assert_string_equal(req_str(r, "body"), "");
+  json_decref(reqs);
+}
+
+static void engagement_reads_the_counts(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_facebook.caps & CP_CAP_ENGAGEMENT);
+  connect_page(f);
+  /* What the Graph API answers for a Page post (limit(0): no data, just the summaries). */
+  testserver_script(&f->ts,
+                    "[{\"path\": \"/v24.0/" PAGE "_555\", \"json\": {\"shares\": {\"count\": 7}, "
+                    "\"reactions\": {\"data\": [], \"summary\": {\"total_count\": 42, "
+                    "\"viewer_reaction\": \"NONE\"}}, \"comments\": {\"data\": [], \"summary\": "
+                    "{\"order\": \"ranked\", \"total_count\": 5, \"can_comment\": true}}, "
+                    "\"id\": \"" PAGE "_555\"}}]");
+  struct cp_result res = engagement(f, PAGE "_555");
+  assert_string_equal(cp_outcome_name(res.outcome), "OK");
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.likes, 42);
+  assert_int_equal(res.replies, 5);
+  assert_int_equal(res.reposts, 7);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  assert_post_get(f, PAGE "_555", NULL);
+  assert_int_equal(f->mh.progress_saves, 0);
+
+  /* No shares yet: Facebook leaves the field out, which is 0; a summary that is missing is -1. */
+  testserver_script(&f->ts, "[{\"json\": {\"reactions\": {\"data\": [], \"summary\": "
+                            "{\"total_count\": 0}}, \"comments\": {\"data\": []}, "
+                            "\"id\": \"" PAGE "_556\"}}]");
+  res = engagement(f, PAGE "_556");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.likes, 0);
+  assert_int_equal(res.replies, -1);
+  assert_int_equal(res.reposts, 0);
+  assert_post_get(f, PAGE "_556", NULL);
+  assert_null(strstr(f->mh.log, TOKEN));
+}
+
+static void engagement_sends_the_proof(void **state) {
+  struct fixture *f = *state;
+  const char *kv[] = {"page_id",         PAGE,          "token_file",
+                      f->tokfile,        "graph_base",  f->base,
+                      "app_secret_file", f->secretfile, NULL};
+  assert_int_equal(mock_host_connect(&f->mh, kv), 0);
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  char proof[65];
+  HMAC(EVP_sha256(), APP_SECRET, (int)strlen(APP_SECRET), (const unsigned char *)TOKEN,
+       strlen(TOKEN), md, &mdlen);
+  for (unsigned i = 0; i < mdlen; i++)
+    sprintf(proof + 2 * i, "%02x", md[i]);
+  testserver_script(&f->ts, "[{\"json\": {\"id\": \"" PAGE "_8\"}}]");
+  struct cp_result res = engagement(f, PAGE "_8");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.reposts, 0);
+  assert_int_equal(res.likes, -1);
+  assert_post_get(f, PAGE "_8", proof);
+}
+
+struct engagement_answer {
+  const char *script;
+  enum cp_outcome outcome;
+  long status;
+  int err;
+  int64_t retry_in_ms; /* -1: no hint */
+  const char *message; /* substring */
+};
+
+static const struct engagement_answer engagement_answers[] = {
+    {"[{\"status\": 400, " GRAPH_ERR(100, 33,
+                                     "Unsupported get request. Object with ID '" PAGE
+                                     "_77' does not exist, cannot be loaded due to missing "
+                                     "permissions, or does not support this operation") "}]",
+     CP_OUTCOME_PERMANENT, 400, 0, -1, "post " PAGE "_77: the post was deleted"},
+    {"[{\"status\": 404, \"body\": \"\"}]", CP_OUTCOME_PERMANENT, 404, 0, -1,
+     "post " PAGE "_77: the post was deleted: HTTP 404"},
+    {"[{\"status\": 400, " GRAPH_ERR(190, 463, "Error validating access token") "}]",
+     CP_OUTCOME_AUTH, 400, 0, -1, "get a new one"},
+    /* A token that may post but not read: PERMANENT, not AUTH (which pauses the posts). */
+    {"[{\"status\": 403, " GRAPH_ERR(10, 0,
+                                     "(#10) This endpoint requires the 'pages_read_engagement' "
+                                     "permission") "}]",
+     CP_OUTCOME_PERMANENT, 403, 0, -1, "needs the pages_read_engagement permission"},
+    {"[{\"status\": 400, \"headers\": {\"X-Page-Usage\": \"{\\\"call_count\\\":100,"
+     "\\\"estimated_time_to_regain_access\\\":7}\"}, " GRAPH_ERR(32, 0,
+                                                                 "(#32) Page request limit "
+                                                                 "reached") "}]",
+     CP_OUTCOME_RATE_LIMITED, 400, 0, 7 * 60000, "throttling"},
+    {"[{\"status\": 429, \"headers\": {\"Retry-After\": \"90\"}, " GRAPH_ERR(4, 0, "limit") "}]",
+     CP_OUTCOME_RATE_LIMITED, 429, 0, 90000, "code 4"},
+    /* A read that failed changed nothing: RETRY, never UNKNOWN. */
+    {"[{\"status\": 500, " GRAPH_ERR(2, 0, "An unexpected error has occurred.") "}]",
+     CP_OUTCOME_RETRY, 500, 0, -1, "code 2"},
+    {"[{\"status\": 503, \"body\": \"<html>down</html>\"}]", CP_OUTCOME_RETRY, 503, 0, -1,
+     "HTTP 503"},
+    {"[{\"reset\": true, \"repeat\": true}]", CP_OUTCOME_RETRY, 0, -ECONNRESET, -1, "reset"},
+    {"[{\"status\": 200, \"body\": \"<html>proxy</html>\"}]", CP_OUTCOME_RETRY, 200, CP_EPARSE, -1,
+     "not a post"},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  connect_page(f);
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct engagement_answer *a = &engagement_answers[i];
+    print_message("answer %zu: %s\n", i, a->script);
+    testserver_script(&f->ts, a->script);
+    struct cp_result res = engagement(f, PAGE "_77");
+    assert_string_equal(cp_outcome_name(res.outcome), cp_outcome_name(a->outcome));
+    assert_false(res.has_engagement);
+    assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.err, a->err);
+    assert_int_equal(res.retry_at_ms, a->retry_in_ms < 0 ? 0 : MOCK_WALL_MS + a->retry_in_ms);
+    if (!strstr(res.message, a->message))
+      fail_msg("message \"%s\" lacks \"%s\"", res.message, a->message);
+    assert_null(strstr(res.message, TOKEN));
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    assert_true(json_array_size(reqs) >= 1);
+    json_array_foreach(reqs, k, r) {
+      assert_string_equal(req_str(r, "method"), "GET");
+      assert_true(!strncmp(req_str(r, "path"), "/v24.0/" PAGE "_77?", strlen(PAGE) + 11));
+    }
+    json_decref(reqs);
+  }
+  assert_null(strstr(f->mh.log, TOKEN));
+
+  /* An id publish cannot have reported is refused at once, without a request or completion. */
+  testserver_script(&f->ts, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(cp_connector_facebook.engagement(f->mh.instance, "../me", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_facebook.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_facebook.engagement(f->mh.instance, "1_2_3", "", &req), CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  json_decref(requests(f, 0));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(text_post_is_the_documented_request, setup, teardown),
@@ -681,6 +867,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(max_chars_lowers_the_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(login_check_asks_who_the_token_is, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_reads_the_counts, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_sends_the_proof, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -644,6 +644,169 @@ static void login_check_reads_userinfo(void **state) {
   assert_null(strstr(f->mh.log, TOKEN));
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+#define SHARE "urn:li:share:7132451278036172800"
+#define SHARE_PATH "/rest/socialActions/urn%3Ali%3Ashare%3A7132451278036172800"
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_linkedin.engagement(mh->instance, remote_id, "", &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+/* The one request of an engagement read: a GET of the post's social actions. */
+static void assert_social_actions_get(struct fixture *f, const char *path) {
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 1);
+  json_t *r = json_array_get(reqs, 0);
+  assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+  assert_string_equal(json_string_value(json_object_get(r, "path")), path);
+  assert_api_headers(r, "202605");
+  assert_null(testserver_header(r, "Content-Type"));
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+  json_decref(reqs);
+}
+
+static void engagement_reads_the_counts(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_linkedin.caps & CP_CAP_ENGAGEMENT);
+  connect_as(f, ORG);
+  /* The summary as LinkedIn documents it ("Retrieve a Summary of Social Actions"). */
+  testserver_script(&f->ts, "[{\"path\": \"" SHARE_PATH "\", \"json\": {\"commentsSummary\": "
+                            "{\"totalFirstLevelComments\": 4, \"aggregatedTotalComments\": 9}, "
+                            "\"$URN\": \"urn:li:activity:6296748651834277888\", \"likesSummary\": "
+                            "{\"likedByCurrentUser\": false, \"totalLikes\": 27}, \"target\": "
+                            "\"" SHARE "\"}}]");
+  struct cp_result res = engagement(f, SHARE);
+  assert_string_equal(cp_outcome_name(res.outcome), "OK");
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.likes, 27);
+  assert_int_equal(res.replies, 9);
+  assert_int_equal(res.reposts, -1);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  assert_social_actions_get(f, SHARE_PATH);
+  assert_int_equal(f->mh.progress_saves, 0);
+
+  /* Only first-level comments given: those; no likesSummary: -1. */
+  testserver_script(&f->ts,
+                    "[{\"json\": {\"commentsSummary\": {\"totalFirstLevelComments\": 2}}}]");
+  res = engagement(f, "urn:li:ugcPost:6800");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.replies, 2);
+  assert_int_equal(res.likes, -1);
+  assert_social_actions_get(f, "/rest/socialActions/urn%3Ali%3AugcPost%3A6800");
+  assert_null(strstr(f->mh.log, TOKEN));
+}
+
+struct engagement_answer {
+  const char *script;
+  enum cp_outcome outcome;
+  long status;
+  int err;
+  int64_t retry_in_ms; /* -1: no hint */
+  const char *message; /* substring */
+};
+
+static const struct engagement_answer engagement_answers[] = {
+    {"[{\"status\": 404, \"json\": {\"status\": 404, \"message\": \"Not Found\"}}]",
+     CP_OUTCOME_PERMANENT, 404, 0, -1, "post " SHARE ": the post was deleted: HTTP 404"},
+    {"[{\"status\": 401, \"json\": {\"status\": 401, \"serviceErrorCode\": 65601, \"code\": "
+     "\"REVOKED_ACCESS_TOKEN\", \"message\": \"The token used in the request has been revoked\"}}]",
+     CP_OUTCOME_AUTH, 401, 0, -1, "renew the token"},
+    /* A token that may post but not read: PERMANENT, not AUTH (which pauses the posts). */
+    {"[{\"status\": 403, \"json\": {\"status\": 403, \"serviceErrorCode\": 100, \"code\": "
+     "\"ACCESS_DENIED\", \"message\": \"Not enough permissions to access: "
+     "socialActions.GET.20260501\"}}]",
+     CP_OUTCOME_PERMANENT, 403, 0, -1, "needs the r_organization_social scope"},
+    {"[{\"status\": 403, \"json\": {\"status\": 403, \"code\": \"EXPIRED_ACCESS_TOKEN\", "
+     "\"message\": \"The token used in the request has expired\"}}]",
+     CP_OUTCOME_AUTH, 403, 0, -1, "renew the token"},
+    {"[{\"status\": 429, \"json\": {\"status\": 429, \"message\": \"Resource level throttle "
+     "APPLICATION DAY limit for calls to this resource is reached.\"}}]",
+     CP_OUTCOME_RATE_LIMITED, 429, 0, -1, "midnight UTC"},
+    {"[{\"status\": 429, \"headers\": {\"Retry-After\": \"60\"}}]", CP_OUTCOME_RATE_LIMITED, 429, 0,
+     60000, "HTTP 429"},
+    {"[{\"status\": 500, \"json\": {\"message\": \"Internal Server Error\", \"status\": 500}}]",
+     CP_OUTCOME_RETRY, 500, 0, -1, "HTTP 500"},
+    /* A read that got no answer changed nothing: RETRY, never UNKNOWN. */
+    {"[{\"reset\": true, \"repeat\": true}]", CP_OUTCOME_RETRY, 0, -ECONNRESET, -1, "reset"},
+    {"[{\"status\": 200, \"body\": \"<html>proxy</html>\"}]", CP_OUTCOME_RETRY, 200, CP_EPARSE, -1,
+     "not a social actions summary"},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  connect_as(f, ORG);
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct engagement_answer *a = &engagement_answers[i];
+    print_message("answer %zu: %s\n", i, a->script);
+    testserver_script(&f->ts, a->script);
+    struct cp_result res = engagement(f, SHARE);
+    assert_string_equal(cp_outcome_name(res.outcome), cp_outcome_name(a->outcome));
+    assert_false(res.has_engagement);
+    assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.err, a->err);
+    assert_int_equal(res.retry_at_ms, a->retry_in_ms < 0 ? 0 : MOCK_WALL_MS + a->retry_in_ms);
+    if (!strstr(res.message, a->message))
+      fail_msg("message \"%s\" lacks \"%s\"", res.message, a->message);
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    assert_true(json_array_size(reqs) >= 1);
+    json_array_foreach(reqs, k, r) {
+      assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+      assert_string_equal(json_string_value(json_object_get(r, "path")), SHARE_PATH);
+    }
+    json_decref(reqs);
+  }
+  assert_null(strstr(f->mh.log, TOKEN));
+
+  /* A member's token is told about r_member_social. */
+  cp_connector_linkedin.free(f->mh.instance);
+  f->mh.instance = NULL;
+  connect_as(f, "urn:li:person:8675309");
+  testserver_script(&f->ts, "[{\"status\": 403, \"json\": {\"status\": 403, \"code\": "
+                            "\"ACCESS_DENIED\", \"message\": \"Not enough permissions\"}}]");
+  struct cp_result res = engagement(f, SHARE);
+  assert_int_equal(res.outcome, CP_OUTCOME_PERMANENT);
+  assert_non_null(strstr(res.message, "r_member_social"));
+
+  /* A URN publish cannot have reported is refused at once, without a request or completion. */
+  testserver_script(&f->ts, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(
+      cp_connector_linkedin.engagement(f->mh.instance, "7132451278036172800", "", &req), CP_EINVAL);
+  assert_int_equal(
+      cp_connector_linkedin.engagement(f->mh.instance, "urn:li:share:1/../x", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_linkedin.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  json_t *reqs = testserver_requests(&f->ts);
+  assert_int_equal(json_array_size(reqs), 0);
+  json_decref(reqs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(text_post_is_the_documented_request, setup, teardown),
@@ -662,6 +825,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(max_chars_lowers_the_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(login_check_reads_userinfo, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_reads_the_counts, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -798,6 +798,138 @@ static void validate_without_io(void **state) {
   assert_null(o[4]);
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+/* Runs the connector's engagement read like the host does and the loop until it completes;
+ * asserts it was accepted, completed exactly once and not from inside the call. */
+static struct cp_result engagement(struct fixture *f, const char *remote_id) {
+  struct mock_host *mh = &f->mh;
+  struct cp_publish_req req = {
+      .host = &mh->host, .attempt = 1, .idempotency_key = "", .host_data = mh, .progress = ""};
+  int before = mh->completions;
+  mh->in_publish = true;
+  int rc = cp_connector_wordpress.engagement(mh->instance, remote_id, "", &req);
+  mh->in_publish = false;
+  assert_int_equal(rc, 0);
+  assert_int_equal(mh->completions, before);
+  while (mh->completions == before)
+    uv_run(&mh->loop, UV_RUN_ONCE);
+  uv_run(&mh->loop, UV_RUN_NOWAIT);
+  assert_int_equal(mh->completions, before + 1);
+  assert_int_equal(mh->reentrant_completions, 0);
+  return mh->last;
+}
+
+static void engagement_counts_the_comments(void **state) {
+  struct fixture *f = *state;
+  assert_true(cp_connector_wordpress.caps & CP_CAP_ENGAGEMENT);
+  connect_with(f, NULL);
+  script(f, "[{'path': '/wp-json/wp/v2/comments', 'headers': {'X-WP-Total': '14', "
+            "'X-WP-TotalPages': '14'}, 'json': [{'id': 88}]}]");
+  struct cp_result res = engagement(f, "321");
+  assert_string_equal(cp_outcome_name(res.outcome), "OK");
+  assert_true(res.has_engagement);
+  assert_int_equal(res.http_status, 200);
+  assert_int_equal(res.replies, 14);
+  assert_int_equal(res.reposts, -1);
+  assert_int_equal(res.likes, -1);
+  assert_int_equal(res.quotes, -1);
+  assert_int_equal(res.views, -1);
+  json_t *reqs = requests(f, 1);
+  json_t *r = assert_req(reqs, 0, "GET", "/wp-json/wp/v2/comments?post=321&per_page=1&_fields=id");
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+  assert_null(testserver_header(r, "Content-Type"));
+  json_decref(reqs);
+  assert_int_equal(f->mh.progress_saves, 0);
+
+  /* No comments yet: an empty list and 0. */
+  script(f, "[{'headers': {'X-WP-Total': '0', 'X-WP-TotalPages': '0'}, 'json': []}]");
+  res = engagement(f, "322");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.replies, 0);
+  json_decref(requests(f, 1));
+}
+
+static void engagement_with_rest_route(void **state) {
+  struct fixture *f = *state;
+  const char *extra[] = {"api_path", "/?rest_route=", NULL};
+  connect_with(f, extra);
+  script(f, "[{'headers': {'X-WP-Total': '3'}, 'json': [{'id': 1}]}]");
+  struct cp_result res = engagement(f, "9");
+  assert_int_equal(res.outcome, CP_OUTCOME_OK);
+  assert_int_equal(res.replies, 3);
+  json_t *reqs = requests(f, 1);
+  assert_req(reqs, 0, "GET", "/?rest_route=/wp/v2/comments&post=9&per_page=1&_fields=id");
+  json_decref(reqs);
+}
+
+static const struct answer engagement_answers[] = {
+    {"[{'status': 401, 'json': {'code': 'incorrect_password', 'message': 'The provided password "
+     "is an invalid application password.', 'data': {'status': 401}}}]",
+     1, "AUTH", 401, 0, -1, "reading the comments of post 77: HTTP 401 incorrect_password", ""},
+    {"[{'status': 403, 'json': {'code': 'rest_cannot_read_post', 'message': 'Sorry, you are not "
+     "allowed to read the post for this comment.', 'data': {'status': 403}}}]",
+     1, "PERMANENT", 403, 0, -1, "HTTP 403 rest_cannot_read_post", ""},
+    {"[{'status': 404, 'json': {'code': 'rest_no_route', 'message': 'No route was found "
+     "matching the URL and request method.', 'data': {'status': 404}}}]",
+     1, "PERMANENT", 404, 0, -1, "HTTP 404 rest_no_route", ""},
+    {"[{'status': 429, 'headers': {'Retry-After': '45'}, 'body': 'slow down'}]", 1, "RATE_LIMITED",
+     429, 0, 45000, "HTTP 429", ""},
+    {"[{'status': 502, 'body': 'bad gateway'}]", 1, "RETRY", 502, 0, -1, "HTTP 502", ""},
+    /* A read that got no answer changed nothing: RETRY, never UNKNOWN. */
+    {"[{'reset': true, 'repeat': true}]", 0, "RETRY", 0, -ECONNRESET, -1,
+     "reading the comments of post 77", ""},
+    /* A cache that drops the header, or a page that is not the REST API. */
+    {"[{'json': [{'id': 1}]}]", 1, "RETRY", 200, CP_EPARSE, -1, "X-WP-Total", ""},
+    {"[{'headers': {'X-WP-Total': '5'}, 'body': '<html>Blog</html>'}]", 1, "RETRY", 200, CP_EPARSE,
+     -1, "not WordPress's comment list", ""},
+};
+
+static void engagement_answers_give_their_outcome(void **state) {
+  struct fixture *f = *state;
+  connect_with(f, NULL);
+  for (size_t i = 0; i < sizeof engagement_answers / sizeof engagement_answers[0]; i++) {
+    const struct answer *a = &engagement_answers[i];
+    print_message("answer %zu: %s\n", i, a->script);
+    script(f, a->script);
+    struct cp_result res = engagement(f, "77");
+    assert_string_equal(cp_outcome_name(res.outcome), a->outcome);
+    assert_false(res.has_engagement);
+    assert_int_equal(res.http_status, a->status);
+    assert_int_equal(res.err, a->err);
+    assert_int_equal(res.retry_at_ms, a->retry_in_ms < 0 ? 0 : MOCK_WALL_MS + a->retry_in_ms);
+    if (!strstr(res.message, a->message))
+      fail_msg("message '%s' lacks '%s'", res.message, a->message);
+    json_t *reqs = testserver_requests(&f->ts), *r;
+    size_t k;
+    if (a->requests)
+      assert_int_equal(json_array_size(reqs), a->requests);
+    json_array_foreach(reqs, k, r) {
+      assert_string_equal(json_string_value(json_object_get(r, "method")), "GET");
+      assert_string_equal(json_string_value(json_object_get(r, "path")),
+                          "/wp-json/wp/v2/comments?post=77&per_page=1&_fields=id");
+    }
+    json_decref(reqs);
+  }
+  assert_null(strstr(f->mh.log, "abcd efgh"));
+
+  /* An id publish cannot have reported is refused at once, without a request or completion. */
+  script(f, "[]");
+  struct cp_publish_req req = {.host = &f->mh.host,
+                               .attempt = 1,
+                               .idempotency_key = "",
+                               .host_data = &f->mh,
+                               .progress = ""};
+  int before = f->mh.completions;
+  assert_int_equal(cp_connector_wordpress.engagement(f->mh.instance, "12&status=all", "", &req),
+                   CP_EINVAL);
+  assert_int_equal(cp_connector_wordpress.engagement(f->mh.instance, "", "", &req), CP_EINVAL);
+  assert_int_equal(cp_connector_wordpress.engagement(f->mh.instance, "0", "", &req), CP_EINVAL);
+  uv_run(&f->mh.loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->mh.completions, before);
+  json_decref(requests(f, 0));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(publish_sends_the_documented_requests, setup, teardown),
@@ -818,6 +950,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(config_errors_are_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(password_from_env_and_trailing_slashes, setup, teardown),
       cmocka_unit_test_setup_teardown(validate_without_io, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_counts_the_comments, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_with_rest_route, setup, teardown),
+      cmocka_unit_test_setup_teardown(engagement_answers_give_their_outcome, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,7 +20,11 @@
  * characters goes as consecutive messages; each sent message is saved with host->save_progress
  * ("1=<id>;2=<id>") and never sent again. Rate limits: 429 with Retry-After,
  * X-RateLimit-Reset-After, X-RateLimit-Reset and the body's retry_after; the latest of them is the
- * retry time. */
+ * retry time.
+ *
+ * Engagement (optional read, posts nothing): GET <webhook URL>/messages/<message id> (with the
+ * URL's thread_id query, if any), the webhook's own message; likes = the sum of reactions[].count
+ * (Discord leaves reactions out while there are none). */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -71,7 +75,7 @@ struct blob {
   bool embed;           /* an image Discord shows in an embed */
 };
 
-enum stage { POSTING, GUILD_LOOKUP, LOGIN };
+enum stage { POSTING, GUILD_LOOKUP, LOGIN, ENGAGEMENT };
 
 struct job {
   struct discord *d;
@@ -592,7 +596,7 @@ static void finish(struct job *j, struct cp_result *res) {
 
   if (j->stage == LOGIN && res->outcome == CP_OUTCOME_PERMANENT)
     res->outcome = CP_OUTCOME_AUTH; /* a deleted webhook: the setup needs a new URL */
-  if (res->outcome == CP_OUTCOME_OK && j->stage != LOGIN) {
+  if (res->outcome == CP_OUTCOME_OK && j->stage != LOGIN && j->stage != ENGAGEMENT) {
     snprintf(res->remote_id, sizeof res->remote_id, "%s", j->first_id);
     if (d->guild_id[0] && j->channel_id[0] && j->first_id[0])
       snprintf(res->remote_url, sizeof res->remote_url, "https://discord.com/channels/%s/%s/%s",
@@ -600,7 +604,7 @@ static void finish(struct job *j, struct cp_result *res) {
   }
   cp_cu_scrub(res->message, d->url);
   cp_cu_scrub(res->message, d->token);
-  if (j->stage != LOGIN) {
+  if (j->stage != LOGIN && j->stage != ENGAGEMENT) {
     if (res->outcome == CP_OUTCOME_OK)
       d->host->log(d->host, CP_LOG_INFO, "post %s sent: message %s", j->post->id, res->remote_id);
     else
@@ -874,6 +878,9 @@ static void refine(struct job *j, const struct cp_http_resp *resp, json_t *root,
                    hint[0] ? ": " : "", hint);
 }
 
+static void on_message(struct job *j, const struct cp_http_resp *resp, json_t *root,
+                       struct cp_result *res);
+
 static void on_response(const struct cp_http_resp *resp, void *data) {
   struct job *j = data;
   struct cp_result res;
@@ -881,6 +888,11 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
 
   j->d->host->http_result(j->req, resp, &res);
   json_t *root = resp->body_len ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
+  if (j->stage == ENGAGEMENT) {
+    on_message(j, resp, root, &res);
+    json_decref(root);
+    return;
+  }
   if (j->stage == GUILD_LOOKUP) {
     /* The post is out whatever this says; only the link depends on it. */
     if (res.outcome == CP_OUTCOME_OK)
@@ -1012,6 +1024,118 @@ static int discord_login_check(void *instance, const struct cp_publish_req *req)
   return 0;
 }
 
+/* ---- engagement --------------------------------------------------------------------------- */
+
+/* The answer to GET .../messages/<id>: the message with its reactions, or why not. */
+static void on_message(struct job *j, const struct cp_http_resp *resp, json_t *root,
+                       struct cp_result *res) {
+  json_t *code = json_object_get(root, "code");
+  if (res->outcome == CP_OUTCOME_OK && !json_is_array(json_object_get(root, "reactions")) &&
+      json_object_get(root, "reactions")) {
+    res->outcome = CP_OUTCOME_UNKNOWN; /* "reactions" that is not a list: not a message */
+  }
+  if (res->outcome == CP_OUTCOME_UNKNOWN) {
+    /* A read changes nothing: asking again is harmless. A 2xx without a message id is not the
+     * message (a proxy page, say). */
+    res->outcome = CP_OUTCOME_RETRY;
+    if (resp->status >= 200 && resp->status < 300) {
+      res->err = CP_EPARSE;
+      cp_cu_result_msg(res, "message %s: HTTP %ld, but the answer is not a message", j->first_id,
+                       resp->status);
+      finish(j, res);
+      return;
+    }
+  }
+  if (res->outcome != CP_OUTCOME_OK) {
+    if (resp->status == 404 && json_is_integer(code) && json_integer_value(code) == 10008) {
+      cp_cu_result_msg(res, "message %s: the post was deleted: HTTP 404: %s", j->first_id,
+                       json_string_value(json_object_get(root, "message"))
+                           ? json_string_value(json_object_get(root, "message"))
+                           : "Unknown Message");
+    } else {
+      refine(j, resp, root, res);
+      cp_cu_result_msg(res, "message %s: %s", j->first_id, res->message);
+    }
+    finish(j, res);
+    return;
+  }
+  struct cp_result ok = {
+      .outcome = CP_OUTCOME_OK,
+      .http_status = resp->status,
+      .has_engagement = true,
+      .replies = -1, /* webhook messages have no reply count */
+      .reposts = -1,
+      .likes = 0,
+      .quotes = -1,
+      .views = -1,
+  };
+  size_t i;
+  json_t *r;
+  json_array_foreach(json_object_get(root, "reactions"), i, r) {
+    json_t *n = json_object_get(r, "count");
+    if (json_is_integer(n) && json_integer_value(n) > 0)
+      ok.likes += (int64_t)json_integer_value(n);
+  }
+  finish(j, &ok);
+}
+
+/* The webhook URL with "/messages/<id>" added to its path (its query, such as thread_id, kept).
+ * Returns a malloc'd string (a secret: it holds the token) or NULL. */
+static char *message_url(const struct discord *d, const char *id) {
+  CURLU *u = curl_url();
+  char *path = NULL, *full = NULL, *np = NULL, *out = NULL;
+  if (!u)
+    return NULL;
+  if (curl_url_set(u, CURLUPART_URL, d->url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK) {
+    size_t pl = strlen(path);
+    while (pl > 0 && path[pl - 1] == '/')
+      pl--;
+    if (asprintf(&np, "%.*s/messages/%s", (int)pl, path, id) >= 0 &&
+        curl_url_set(u, CURLUPART_PATH, np, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_URL, &full, 0) == CURLUE_OK)
+      out = strdup(full);
+  }
+  if (full) {
+    explicit_bzero(full, strlen(full));
+    curl_free(full);
+  }
+  if (path) {
+    explicit_bzero(path, strlen(path));
+    curl_free(path);
+  }
+  wipe_free(np);
+  curl_url_cleanup(u);
+  return out;
+}
+
+static int discord_engagement(void *instance, const char *remote_id, const char *remote_url,
+                              const struct cp_publish_req *req) {
+  struct discord *d = instance;
+  (void)remote_url;
+  size_t n = remote_id ? strlen(remote_id) : 0;
+  if (n == 0 || n >= 32 || strspn(remote_id, "0123456789") != n)
+    return CP_EINVAL; /* not a message id (snowflake) this connector reported */
+  struct job *j = calloc(1, sizeof *j);
+  char *url = message_url(d, remote_id);
+  if (!j || !url) {
+    free(j);
+    wipe_free(url);
+    return CP_ENOMEM;
+  }
+  j->d = d;
+  j->req = req;
+  j->stage = ENGAGEMENT;
+  snprintf(j->first_id, sizeof j->first_id, "%s", remote_id);
+  struct cp_http_header hdrs[] = {{"Accept", "application/json"}};
+  struct cp_http_req hr = {.method = "GET", .url = url, .headers = hdrs, .n_headers = 1};
+  int err = d->host->http_request(d->host, &hr, on_response, j);
+  wipe_free(url);
+  if (err)
+    job_free(j);
+  return err;
+}
+
 static enum cp_outcome discord_classify(void *instance, const struct cp_http_resp *resp,
                                         enum cp_outcome dflt) {
   long s = resp->status;
@@ -1037,7 +1161,7 @@ const struct cp_connector cp_connector_discord = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "discord",
     .description = "Discord webhook: messages with images, without @everyone pings",
-    .caps = CP_CAP_MEDIA | CP_CAP_THREADS,
+    .caps = CP_CAP_MEDIA | CP_CAP_THREADS | CP_CAP_ENGAGEMENT,
     .init = discord_init,
     .validate = discord_validate,
     .publish = discord_publish,
@@ -1045,4 +1169,5 @@ const struct cp_connector cp_connector_discord = {
     .login_check = discord_login_check,
     .free = discord_free,
     .post_options = post_options,
+    .engagement = discord_engagement,
 };

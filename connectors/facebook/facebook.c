@@ -13,6 +13,13 @@
  *   message=<text>&link=<first URL of the text>&access_token=<page token>[&appsecret_proof=...]
  * answered with {"id":"<page id>_<post id>"}.
  *
+ * Engagement (optional read, posts nothing):
+ *   GET {graph_base}/{version}/{page-post-id}?fields=shares,reactions.summary(total_count)
+ *       .limit(0),comments.summary(total_count).limit(0)&access_token=<page token>
+ * answered with {"id", "shares":{"count"} (absent while nobody shared), "reactions":{"data":[],
+ * "summary":{"total_count"}}, "comments":{"data":[],"summary":{"total_count"}}}; reading needs
+ * pages_read_engagement.
+ *
  * Photos are staged one at a time as unpublished photos (multipart POST /{page_id}/photos with
  * source, published=false, alt_text_custom), each id stored with save_progress, and then attached
  * to the feed post as attached_media[i]={"media_fbid":"<id>"}. A repeated staging is harmless:
@@ -66,6 +73,7 @@ struct job {
   char post_id[CP_POST_ID_LEN + 1];
   char **photos; /* per media item: its unpublished photo id once staged, else NULL */
   size_t cur;    /* the media item being staged */
+  char read_id[CP_RESULT_ID_MAX]; /* the post whose engagement is read; "" otherwise */
 };
 
 static const char *const known_keys[] = {
@@ -482,6 +490,9 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
   else if (ge.code == 190 || ge.code == 102)
     advice = "the Page access token is invalid or expired: get a new one (GET /{user-id}/accounts "
              "with a long-lived user token) and update token_file/token_env";
+  else if (j->read_id[0] && (ge.code == 10 || (ge.code >= 200 && ge.code <= 299)))
+    advice = "reading a post's counts needs the pages_read_engagement permission: get a Page "
+             "token with it (publishing is not affected)";
   else if (ge.code == 10 || (ge.code >= 200 && ge.code <= 299))
     advice = "the token lacks a permission (pages_manage_posts, pages_read_engagement) or its "
              "user may not create content on this Page: get a new Page token";
@@ -494,6 +505,8 @@ static void explain(struct job *j, const struct cp_http_resp *resp, struct cp_re
   else if (ge.code == 368)
     advice = "Facebook blocked the post as abusive or against its policies: review the content "
              "and the Page's quality status";
+  else if (j->read_id[0] && ge.code == 100 && ge.subcode == 33)
+    advice = "the post was deleted (or the Page token may no longer see it)";
   else if (ge.code == 100)
     advice = "Facebook refused a parameter";
   else if (ge.code == 2635)
@@ -797,6 +810,127 @@ static int facebook_login_check(void *instance, const struct cp_publish_req *req
   return err;
 }
 
+/* ---- engagement --------------------------------------------------------------------------- */
+
+/* {"summary": {"total_count": N}} of an edge, or -1 if the answer does not give it. */
+static int64_t summary_total(json_t *root, const char *edge) {
+  json_t *v =
+      json_object_get(json_object_get(json_object_get(root, edge), "summary"), "total_count");
+  return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
+}
+
+static void on_engagement(const struct cp_http_resp *resp, void *data) {
+  struct job *j = data;
+  struct cp_result res;
+  struct graph_error ge;
+  char step[CP_RESULT_ID_MAX + 64];
+
+  j->fb->host->http_result(j->req, resp, &res);
+  /* A read changes nothing: an answer that got lost is simply asked again. */
+  if (res.outcome == CP_OUTCOME_UNKNOWN)
+    res.outcome = CP_OUTCOME_RETRY;
+  if (res.outcome != CP_OUTCOME_OK) {
+    bool has_error = graph_error(resp, &ge);
+    snprintf(step, sizeof step, "post %s", j->read_id);
+    if (has_error && ge.code == 100 && ge.subcode == 33) {
+      res.outcome = CP_OUTCOME_PERMANENT; /* "Object with ID ... does not exist" */
+    } else if (has_error && (ge.code == 10 || (ge.code >= 200 && ge.code <= 299))) {
+      /* The token posts but may not read (no pages_read_engagement): not a reason to pause the
+       * channel's posts, which AUTH would do. */
+      res.outcome = CP_OUTCOME_PERMANENT;
+    } else if (resp->status == 404) {
+      res.outcome = CP_OUTCOME_PERMANENT;
+      snprintf(step, sizeof step, "post %s: the post was deleted", j->read_id);
+    }
+    explain(j, resp, &res, step);
+    finish(j, &res);
+    return;
+  }
+  json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  if (!json_is_object(root) || !json_is_string(json_object_get(root, "id"))) {
+    json_decref(root);
+    cp_cu_result_msg(&res, "post %s: HTTP %ld, but the answer is not a post", j->read_id,
+                     resp->status);
+    res.outcome = CP_OUTCOME_RETRY;
+    res.err = CP_EPARSE;
+    finish(j, &res);
+    return;
+  }
+  memset(&res, 0, sizeof res);
+  res.outcome = CP_OUTCOME_OK;
+  res.http_status = resp->status;
+  res.has_engagement = true;
+  res.likes = summary_total(root, "reactions");
+  res.replies = summary_total(root, "comments");
+  /* The Graph API leaves out `shares` while nobody has shared the post. */
+  json_t *shares = json_object_get(root, "shares");
+  json_t *count = json_object_get(shares, "count");
+  if (!shares)
+    res.reposts = 0;
+  else
+    res.reposts = json_is_integer(count) && json_integer_value(count) >= 0
+                      ? (int64_t)json_integer_value(count)
+                      : -1;
+  res.quotes = -1; /* Facebook has no quotes */
+  res.views = -1;  /* impressions need the Insights API (read_insights) */
+  json_decref(root);
+  finish(j, &res);
+}
+
+/* "<page id>_<post id>" as publish reported it (digits and one underscore, or digits). */
+static bool post_id_ok(const char *id) {
+  size_t n = strlen(id), unders = 0;
+  if (n == 0 || n >= CP_RESULT_ID_MAX || id[0] == '_' || id[n - 1] == '_')
+    return false;
+  for (const char *p = id; *p; p++) {
+    if (*p == '_')
+      unders++;
+    else if (!isdigit((unsigned char)*p))
+      return false;
+  }
+  return unders <= 1;
+}
+
+static int facebook_engagement(void *instance, const char *remote_id, const char *remote_url,
+                               const struct cp_publish_req *req) {
+  struct facebook *fb = instance;
+  struct form f = {0};
+
+  (void)remote_url;
+  if (!remote_id || !post_id_ok(remote_id))
+    return CP_EINVAL; /* not an id this connector reported */
+  form_add(&f, "fields",
+           "shares,reactions.summary(total_count).limit(0),comments.summary(total_count).limit(0)");
+  form_add(&f, "access_token", fb->token);
+  if (fb->proof)
+    form_add(&f, "appsecret_proof", fb->proof);
+  if (f.err) {
+    form_free(&f);
+    return f.err;
+  }
+  size_t size = strlen(fb->base) + strlen(remote_id) + f.len + 8;
+  char *url = malloc(size);
+  struct job *j = calloc(1, sizeof *j);
+  if (!url || !j) {
+    free(url);
+    free(j);
+    form_free(&f);
+    return CP_ENOMEM;
+  }
+  snprintf(url, size, "%s/%s?%s", fb->base, remote_id, f.buf);
+  form_free(&f);
+  j->fb = fb;
+  j->req = req;
+  snprintf(j->read_id, sizeof j->read_id, "%s", remote_id);
+  struct cp_http_req hr = {.method = "GET", .url = url};
+  int err = fb->host->http_request(fb->host, &hr, on_engagement, j);
+  explicit_bzero(url, strlen(url));
+  free(url);
+  if (err)
+    free(j);
+  return err;
+}
+
 /* ---- classification ----------------------------------------------------------------------- */
 
 /* The Graph API's error codes decide (its "Handling Errors" guide); the HTTP status only where
@@ -825,7 +959,7 @@ const struct cp_connector cp_connector_facebook = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "facebook",
     .description = "Facebook Page feed (Graph API): text, link preview and photos",
-    .caps = CP_CAP_MEDIA,
+    .caps = CP_CAP_MEDIA | CP_CAP_ENGAGEMENT,
     .init = facebook_init,
     .validate = facebook_validate,
     .publish = facebook_publish,
@@ -833,4 +967,5 @@ const struct cp_connector cp_connector_facebook = {
     .login_check = facebook_login_check,
     .free = facebook_free,
     .post_options = post_options,
+    .engagement = facebook_engagement,
 };

@@ -23,6 +23,11 @@
  * escaped with a backslash (an unescaped one silently cuts the published post short), except in a
  * hashtag (#word) and in a mention written as @[Name](urn:li:person:ID), which stay markup.
  *
+ * Engagement (optional read, posts nothing): GET {api_base}/rest/socialActions/{URL-encoded post
+ * URN} with the same versioned headers, answered with {"likesSummary":{"totalLikes"},
+ * "commentsSummary":{"aggregatedTotalComments","totalFirstLevelComments"}}; reading needs
+ * r_organization_social (r_member_social for a member's posts).
+ *
  * LinkedIn has no idempotency key: the create is sent on a fresh connection so that libcurl never
  * repeats it, and a repeat that does get through is refused as 422 DUPLICATE_POST. */
 #include <ctype.h>
@@ -72,7 +77,8 @@ struct job {
   char **images; /* per media item: its image URN once its bytes are uploaded, else NULL */
   size_t cur;    /* the media item being uploaded */
   char *upload_url;
-  char *pending; /* the image URN of cur until its upload succeeds */
+  char *pending;                   /* the image URN of cur until its upload succeeds */
+  char read_urn[CP_RESULT_ID_MAX]; /* the post whose engagement is read; "" otherwise */
 };
 
 static const char *const known_keys[] = {"author",   "token_file", "token_env",
@@ -866,6 +872,115 @@ static int linkedin_login_check(void *instance, const struct cp_publish_req *req
   return err;
 }
 
+/* ---- engagement --------------------------------------------------------------------------- */
+
+/* summary.key of the answer, or -1 if it does not give it. */
+static int64_t count_in(json_t *root, const char *summary, const char *key) {
+  json_t *v = json_object_get(json_object_get(root, summary), key);
+  return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
+}
+
+static void on_social_actions(const struct cp_http_resp *resp, void *data) {
+  struct job *j = data;
+  struct cp_result res;
+  char step[CP_RESULT_ID_MAX + 160];
+
+  j->li->host->http_result(j->req, resp, &res);
+  /* A read changes nothing: an answer that got lost is simply asked again. */
+  if (res.outcome == CP_OUTCOME_UNKNOWN)
+    res.outcome = CP_OUTCOME_RETRY;
+  if (res.outcome != CP_OUTCOME_OK) {
+    snprintf(step, sizeof step, "post %s", j->read_urn);
+    if (resp->status == 404 || resp->status == 410) {
+      res.outcome = CP_OUTCOME_PERMANENT;
+      snprintf(step, sizeof step, "post %s: the post was deleted", j->read_urn);
+    } else if (resp->status == 403 && res.outcome == CP_OUTCOME_AUTH) {
+      /* A token that posts but may not read (w_* scopes only): not a reason to pause the
+       * channel's posts, which AUTH would do. An expired token stays AUTH (classify). */
+      bool token = false;
+      json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+      token = token_code(json_string_value(json_object_get(root, "code")));
+      json_decref(root);
+      if (!token) {
+        res.outcome = CP_OUTCOME_PERMANENT;
+        snprintf(step, sizeof step,
+                 "post %s: reading its counts needs the %s scope (publishing is not affected)",
+                 j->read_urn,
+                 strncmp(j->li->author, "urn:li:person:", 14) ? "r_organization_social"
+                                                              : "r_member_social");
+      }
+    }
+    explain(j, resp, &res, step);
+    finish(j, &res);
+    return;
+  }
+  json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  if (!json_is_object(root) ||
+      (!json_object_get(root, "likesSummary") && !json_object_get(root, "commentsSummary"))) {
+    json_decref(root);
+    cp_cu_result_msg(&res, "post %s: HTTP %ld, but the answer is not a social actions summary",
+                     j->read_urn, resp->status);
+    res.outcome = CP_OUTCOME_RETRY;
+    res.err = CP_EPARSE;
+    finish(j, &res);
+    return;
+  }
+  memset(&res, 0, sizeof res);
+  res.outcome = CP_OUTCOME_OK;
+  res.http_status = resp->status;
+  res.has_engagement = true;
+  res.likes = count_in(root, "likesSummary", "totalLikes");
+  /* All comments, replies to comments included; older answers give only the first level. */
+  res.replies = count_in(root, "commentsSummary", "aggregatedTotalComments");
+  if (res.replies < 0)
+    res.replies = count_in(root, "commentsSummary", "totalFirstLevelComments");
+  res.reposts = -1; /* socialActions does not count reshares */
+  res.quotes = -1;
+  res.views = -1;
+  json_decref(root);
+  finish(j, &res);
+}
+
+/* A post URN as publish reported it (x-restli-id): urn:li:share:N, urn:li:ugcPost:N, ... */
+static bool post_urn_ok(const char *urn) {
+  size_t n = strlen(urn);
+  if (strncmp(urn, "urn:li:", 7) || n <= 7 || n >= CP_RESULT_ID_MAX)
+    return false;
+  for (const char *p = urn + 7; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != ':' && *p != '_' && *p != '-')
+      return false;
+  return true;
+}
+
+static int linkedin_engagement(void *instance, const char *remote_id, const char *remote_url,
+                               const struct cp_publish_req *req) {
+  struct linkedin *li = instance;
+  struct cp_http_header hdrs[4];
+  char url[1024];
+
+  (void)remote_url;
+  if (!remote_id || !post_urn_ok(remote_id))
+    return CP_EINVAL; /* not a URN this connector reported */
+  char *urn = curl_easy_escape(NULL, remote_id, 0);
+  struct job *j = calloc(1, sizeof *j);
+  if (!urn || !j) {
+    curl_free(urn);
+    free(j);
+    return CP_ENOMEM;
+  }
+  snprintf(url, sizeof url, "%s/rest/socialActions/%s", li->api_base, urn);
+  curl_free(urn);
+  j->li = li;
+  j->req = req;
+  snprintf(j->read_urn, sizeof j->read_urn, "%s", remote_id);
+  size_t nh = api_headers(li, hdrs, false);
+  struct cp_http_req hr = {.method = "GET", .url = url, .headers = hdrs, .n_headers = nh};
+  int err = li->host->http_request(li->host, &hr, on_social_actions, j);
+  if (err)
+    free(j);
+  return err;
+}
+
 /* ---- classification ----------------------------------------------------------------------- */
 
 static enum cp_outcome linkedin_classify(void *instance, const struct cp_http_resp *resp,
@@ -886,7 +1001,7 @@ const struct cp_connector cp_connector_linkedin = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "linkedin",
     .description = "LinkedIn Posts API: a member's or an organization's post, with images",
-    .caps = CP_CAP_MEDIA,
+    .caps = CP_CAP_MEDIA | CP_CAP_ENGAGEMENT,
     .init = linkedin_init,
     .validate = linkedin_validate,
     .publish = linkedin_publish,
@@ -894,4 +1009,5 @@ const struct cp_connector cp_connector_linkedin = {
     .login_check = linkedin_login_check,
     .free = linkedin_free,
     .post_options = post_options,
+    .engagement = linkedin_engagement,
 };

@@ -24,6 +24,10 @@
  *   4. POST posts {title, content, status, slug, [date_gmt], [excerpt], [categories], [tags],
  *      [featured_media]} -> 201 {id, link}: the remote id and URL.
  *
+ * Engagement (optional read, posts nothing): GET comments?post=<id>&per_page=1&_fields=id; the
+ * X-WP-Total header is the number of approved comments (the replies); WordPress counts nothing
+ * else.
+ *
  * The slug is "calpost-<post id>" (the idempotency key), or the post option `slug`. Content ends
  * with the marker comment "<!-- calpost:<post id> -->" (invisible on the site), so that a post
  * found under a chosen slug is recognised as this post's and not as someone else's. */
@@ -75,6 +79,7 @@ enum step {
   STEP_TAG_CREATE,
   STEP_MEDIA,
   STEP_CREATE,
+  STEP_COMMENTS, /* an engagement read */
 };
 
 struct terms {
@@ -87,7 +92,7 @@ struct terms {
 struct pub {
   struct wp *w;
   const struct cp_publish_req *req;
-  const struct cp_post *post; /* NULL for a login check */
+  const struct cp_post *post; /* NULL for a login check or an engagement read */
   enum step step;
   char slug[SLUG_MAX + 1];
   bool custom_slug;
@@ -588,6 +593,7 @@ static int wp_validate(void *instance, const struct cp_post *post, cp_diag_cb di
 /* ---- requests ------------------------------------------------------------------------------- */
 
 static void on_response(const struct cp_http_resp *resp, void *data);
+static void on_comments(struct pub *p, const struct cp_http_resp *resp);
 
 static void pub_free(struct pub *p) {
   terms_free(&p->cats);
@@ -1213,6 +1219,9 @@ static void on_response(const struct cp_http_resp *resp, void *data) {
     case STEP_CREATE:
       on_created(p, resp);
       break;
+    case STEP_COMMENTS:
+      on_comments(p, resp);
+      break;
   }
 }
 
@@ -1274,6 +1283,68 @@ static int wp_login_check(void *instance, const struct cp_publish_req *req) {
   return 0;
 }
 
+/* ---- engagement ----------------------------------------------------------------------------- */
+
+static void on_comments(struct pub *p, const struct cp_http_resp *resp) {
+  char what[SLUG_MAX + 64];
+  snprintf(what, sizeof what, "reading the comments of post %s", p->slug);
+  if (!answered(p, resp, what, false, false))
+    return;
+  /* The total is in the header; the body (one comment at most) only shows this is the REST API. */
+  const char *total = cp_http_header(resp, "X-WP-Total");
+  json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  bool is_list = json_is_array(root);
+  json_decref(root);
+  char *end = NULL;
+  errno = 0;
+  long long n = total ? strtoll(total, &end, 10) : -1;
+  if (!is_list || !total || errno || end == total || *end || n < 0) {
+    fail(p, CP_OUTCOME_RETRY, resp->status, CP_EPARSE,
+         "%s: HTTP %ld, but the answer is not WordPress's comment list with an X-WP-Total header "
+         "(a cache or proxy in between?)",
+         what, resp->status);
+    return;
+  }
+  struct cp_result res = {
+      .outcome = CP_OUTCOME_OK,
+      .http_status = resp->status,
+      .has_engagement = true,
+      .replies = (int64_t)n,
+      .reposts = -1,
+      .likes = -1,
+      .quotes = -1,
+      .views = -1,
+  };
+  finish(p, &res);
+}
+
+/* The comments of the post publish reported (its numeric id), approved ones only: WordPress
+ * answers GET comments with status=approve unless asked otherwise. */
+static int wp_engagement(void *instance, const char *remote_id, const char *remote_url,
+                         const struct cp_publish_req *req) {
+  struct wp *w = instance;
+  char query[96];
+  (void)remote_url;
+  if (!remote_id || !*remote_id || strlen(remote_id) > 20 ||
+      strspn(remote_id, "0123456789") != strlen(remote_id) || remote_id[0] == '0')
+    return CP_EINVAL; /* not an id this connector reported */
+  struct pub *p = calloc(1, sizeof *p);
+  if (!p)
+    return CP_ENOMEM;
+  p->w = w;
+  p->req = req;
+  p->step = STEP_COMMENTS;
+  snprintf(p->slug, sizeof p->slug, "%s", remote_id); /* for messages */
+  snprintf(query, sizeof query, "post=%s&per_page=1&_fields=id", remote_id);
+  int err =
+      request(p, "GET", api_url(w, "/wp/v2/comments", query), NULL, NULL, NULL, 0, w->timeout_ms);
+  if (err) {
+    pub_free(p);
+    return err;
+  }
+  return 0;
+}
+
 const struct cp_connector cp_connector_wordpress = {
     .abi_version = CP_CONNECTOR_ABI_VERSION,
     .name = "wordpress",
@@ -1281,7 +1352,7 @@ const struct cp_connector cp_connector_wordpress = {
                    "categories, tags and a featured image",
     /* Every attempt first looks for the post under its slug: a resend finds it instead of
      * making "<slug>-2". The first media item becomes the featured image. */
-    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA,
+    .caps = CP_CAP_IDEMPOTENT | CP_CAP_MEDIA | CP_CAP_ENGAGEMENT,
     .init = wp_init,
     .validate = wp_validate,
     .publish = wp_publish,
@@ -1289,4 +1360,5 @@ const struct cp_connector cp_connector_wordpress = {
     .login_check = wp_login_check,
     .free = wp_free,
     .post_options = post_options,
+    .engagement = wp_engagement,
 };
