@@ -35,6 +35,10 @@ struct cp_plan_opts {
    * plan's own table of limits is not used for it). NULL: never. */
   bool (*validated)(void *arg, const char *channel);
   void *validated_arg;
+  /* A folder for an unlinked temporary file that holds the plan's texts instead of memory (the
+   * daemon: its state folder). NULL, or a folder where it cannot be made, or check: in memory.
+   * Either way the plan behaves the same; only cp_plan_post reads from that file. */
+  const char *spill_dir;
 };
 
 struct cp_plan {
@@ -53,8 +57,18 @@ struct cp_plan {
 int cp_plan_load(const struct cp_plan_opts *opts, struct cp_plan **out);
 void cp_plan_free(struct cp_plan *plan);
 
-/* Fills *post with post i (i < plan->n_posts). Its strings are borrowed from the plan. */
-void cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post);
+/* Fills *post with post i (i < plan->n_posts). Its strings are borrowed from the plan; with a
+ * spill_dir the title, texts, media and options are valid only until the next cp_plan_post on
+ * the same plan (use cp_plan_post_dup to keep them). Returns 0, or a negative error when the
+ * texts cannot be read back (-errno, CP_ENOMEM; never with spill_dir NULL). */
+int cp_plan_post(const struct cp_plan *plan, size_t i, struct cp_post *post);
+
+/* As cp_plan_post, but the title, texts, media and options are copied into one block that the
+ * caller owns and frees with free(*mem); the other strings stay borrowed from the plan. */
+int cp_plan_post_dup(const struct cp_plan *plan, size_t i, struct cp_post *post, void **mem);
+
+/* Just the id of post i (cheaper than cp_plan_post: no texts). */
+void cp_plan_post_id(const struct cp_plan *plan, size_t i, char id[CP_POST_ID_LEN + 1]);
 
 /* Formats a Unix time as "YYYY-MM-DDTHH:MM:SSZ" (utc_offset 0) or with "+HH:MM" into buf
  * (at least 26 bytes). */

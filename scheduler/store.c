@@ -2,10 +2,13 @@
  * (names, content hashes, destructors). */
 #include "store.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 
@@ -405,4 +408,272 @@ int cp_store_batch_begin(struct cp_store *s) {
 int cp_store_batch_end(struct cp_store *s, bool ok) {
   ENTER(s, NULL, false);
   return s->ops->batch_end(s, ok);
+}
+
+int cp_store_unclaim(struct cp_store *s, const char *id, int64_t now_ms) {
+  ENTER(s, id, true);
+  return s->ops->unclaim(s, id, now_ms);
+}
+
+int cp_store_set_durable(struct cp_store *s, bool durable) {
+  ENTER(s, NULL, false);
+  return s->ops->set_durable(s, durable);
+}
+
+int cp_store_sync(struct cp_store *s, int64_t n) {
+  ENTER(s, NULL, false);
+  return s->ops->sync(s, n);
+}
+
+int cp_store_due_list(struct cp_store *s, const char *channel, int64_t until_ms, size_t limit,
+                      struct cp_store_posts **out) {
+  ENTER(s, NULL, false);
+  if (!channel || !limit || !out)
+    return cp__store_fail(s, CP_EINVAL, "store: list due posts without a channel or a limit");
+  return s->ops->due_list(s, channel, until_ms, limit, out);
+}
+
+/* ---- The writer ------------------------------------------------------------------------------ */
+
+struct cp_store_writer {
+  struct cp_store *s; /* used by the thread only */
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct cp_store_op *queue, *queue_tail; /* under mu */
+  struct cp_store_op *done, *done_tail;   /* under mu */
+  bool stop;                              /* under mu */
+  bool durable;  /* the connection's commits wait for the disk (thread only) */
+  bool unsynced; /* a commit since the last durable one (thread only) */
+  int64_t syncs; /* cp_store_sync calls (thread only) */
+  void (*wake)(void *arg);
+  void *arg;
+};
+
+static void run_op(struct cp_store *s, struct cp_store_op *op) {
+  op->claimed = false;
+  switch (op->kind) {
+    case CP_STORE_OP_CLAIM:
+      op->err = cp_store_mark_sending(s, op->id, op->now_ms, &op->claimed);
+      break;
+    case CP_STORE_OP_RECORD:
+      op->err = cp_store_record_attempt(s, op->id, &op->r);
+      break;
+    case CP_STORE_OP_UNCLAIM:
+      op->err = cp_store_unclaim(s, op->id, op->now_ms);
+      break;
+    default:
+      op->err = cp__store_fail(s, CP_EINVAL, "store: unknown writer op %d", (int)op->kind);
+  }
+  snprintf(op->errmsg, sizeof op->errmsg, "%.250s", op->err < 0 ? cp_store_errmsg(s) : "");
+}
+
+/* Commits without claims wait only for the OS; claims wait for the disk, and take every earlier
+ * commit of the WAL with them. */
+static void set_durable(struct cp_store_writer *w, bool durable) {
+  if (w->durable != durable && cp_store_set_durable(w->s, durable) == 0)
+    w->durable = durable;
+}
+
+/* One group: one transaction when the batch opens, else op by op (each its own commit). */
+static void run_group(struct cp_store_writer *w, struct cp_store_op *list) {
+  struct cp_store *s = w->s;
+  bool claims = false;
+  for (struct cp_store_op *op = list; op; op = op->next)
+    claims |= op->kind == CP_STORE_OP_CLAIM;
+  set_durable(w, claims);
+  w->unsynced |= !w->durable;
+  if (cp_store_batch_begin(s) < 0) {
+    for (struct cp_store_op *op = list; op; op = op->next)
+      run_op(s, op);
+    return;
+  }
+  for (struct cp_store_op *op = list; op; op = op->next)
+    run_op(s, op);
+  if (cp_store_batch_end(s, true) == 0)
+    return;
+  /* Nothing of the group is on disk: every op failed, whatever it said before. */
+  for (struct cp_store_op *op = list; op; op = op->next) {
+    op->err = op->err < 0 ? op->err : CP_EDB;
+    op->claimed = false;
+    snprintf(op->errmsg, sizeof op->errmsg, "%.250s", cp_store_errmsg(s));
+  }
+}
+
+/* Records in one group at most: claims queued meanwhile go in the next one. */
+#define WRITER_RECORDS_MAX 256
+
+/* Takes the next group off w's queue (under mu): every claim and given-back claim (a request
+ * waits for each claim), then records up to WRITER_RECORDS_MAX, the rest staying queued in
+ * order. Ops of one post never pass each other: a post's record or give-back is queued only
+ * after its claim came back. */
+static struct cp_store_op *next_group(struct cp_store_writer *w) {
+  struct cp_store_op *claims = NULL, **ct = &claims, *records = NULL, **rt = &records;
+  struct cp_store_op *rest = NULL, **restt = &rest;
+  size_t n_records = 0;
+  for (struct cp_store_op *op = w->queue, *next; op; op = next) {
+    next = op->next;
+    op->next = NULL;
+    if (op->kind != CP_STORE_OP_RECORD) {
+      *ct = op;
+      ct = &op->next;
+    } else if (n_records < WRITER_RECORDS_MAX) {
+      n_records++;
+      *rt = op;
+      rt = &op->next;
+    } else {
+      *restt = op;
+      restt = &op->next;
+    }
+  }
+  w->queue = rest;
+  w->queue_tail = NULL;
+  for (struct cp_store_op *op = rest; op; op = op->next)
+    w->queue_tail = op;
+  *ct = records;
+  return claims;
+}
+
+/* Commits made without waiting for the disk go to it with the next claim, or after this long
+ * without one: a claim that follows a record soon (the next post of a calendar) then costs one
+ * disk sync, and never waits behind the record's. */
+#define WRITER_SYNC_DELAY_MS 1000
+
+/* Syncs what was committed without waiting for the disk. */
+static void sync_now(struct cp_store_writer *w) {
+  set_durable(w, true);
+  if (w->durable && cp_store_sync(w->s, ++w->syncs) == 0)
+    w->unsynced = false;
+}
+
+static void *writer_main(void *arg) {
+  struct cp_store_writer *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->queue && !w->stop) {
+      if (!w->unsynced) {
+        pthread_cond_wait(&w->cv, &w->mu);
+        continue;
+      }
+      struct timespec at;
+      clock_gettime(CLOCK_MONOTONIC, &at);
+      at.tv_sec += WRITER_SYNC_DELAY_MS / 1000;
+      at.tv_nsec += (WRITER_SYNC_DELAY_MS % 1000) * 1000000L;
+      if (at.tv_nsec >= 1000000000L) {
+        at.tv_sec++;
+        at.tv_nsec -= 1000000000L;
+      }
+      if (pthread_cond_timedwait(&w->cv, &w->mu, &at) == ETIMEDOUT && !w->queue && !w->stop) {
+        pthread_mutex_unlock(&w->mu);
+        sync_now(w);
+        pthread_mutex_lock(&w->mu);
+      }
+    }
+    if (!w->queue)
+      break; /* stopping, and nothing left */
+    struct cp_store_op *list = next_group(w);
+    pthread_mutex_unlock(&w->mu);
+    run_group(w, list);
+    struct cp_store_op *tail = list;
+    while (tail->next)
+      tail = tail->next;
+    pthread_mutex_lock(&w->mu);
+    if (w->done_tail)
+      w->done_tail->next = list;
+    else
+      w->done = list;
+    w->done_tail = tail;
+    bool stopping = w->stop;
+    pthread_mutex_unlock(&w->mu);
+    if (!stopping)
+      w->wake(w->arg);
+    pthread_mutex_lock(&w->mu);
+  }
+  pthread_mutex_unlock(&w->mu);
+  if (w->unsynced) /* stopped before the delay ran out */
+    sync_now(w);
+  return NULL;
+}
+
+int cp_store_writer_start(const char *backend, const char *location, void (*wake)(void *arg),
+                          void *arg, struct cp_store_writer **out, char *err, size_t errlen) {
+  if (!wake || !out) {
+    if (err && errlen)
+      snprintf(err, errlen, "store: writer without a wake-up or an out pointer");
+    return CP_EINVAL;
+  }
+  struct cp_store_writer *w = calloc(1, sizeof *w);
+  if (!w) {
+    if (err && errlen)
+      snprintf(err, errlen, "store: out of memory");
+    return CP_ENOMEM;
+  }
+  int rc = cp_store_open(backend, location, &w->s, err, errlen);
+  if (rc < 0) {
+    free(w);
+    return rc;
+  }
+  w->wake = wake;
+  w->arg = arg;
+  w->durable = true; /* how every connection opens */
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* a wall-clock step must not move the sync */
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  rc = pthread_create(&w->thread, NULL, writer_main, w);
+  if (rc != 0) {
+    if (err && errlen)
+      snprintf(err, errlen, "store: cannot start the writer thread: %s", strerror(rc));
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    cp_store_close(w->s);
+    free(w);
+    return -rc;
+  }
+  *out = w;
+  return 0;
+}
+
+void cp_store_writer_submit(struct cp_store_writer *w, struct cp_store_op *ops) {
+  if (!w || !ops)
+    return;
+  struct cp_store_op *tail = ops;
+  while (tail->next)
+    tail = tail->next;
+  pthread_mutex_lock(&w->mu);
+  if (w->queue_tail)
+    w->queue_tail->next = ops;
+  else
+    w->queue = ops;
+  w->queue_tail = tail;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+struct cp_store_op *cp_store_writer_done(struct cp_store_writer *w) {
+  if (!w)
+    return NULL;
+  pthread_mutex_lock(&w->mu);
+  struct cp_store_op *list = w->done;
+  w->done = w->done_tail = NULL;
+  pthread_mutex_unlock(&w->mu);
+  return list;
+}
+
+struct cp_store_op *cp_store_writer_stop(struct cp_store_writer *w) {
+  if (!w)
+    return NULL;
+  pthread_mutex_lock(&w->mu);
+  w->stop = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->thread, NULL);
+  struct cp_store_op *list = w->done;
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+  cp_store_close(w->s);
+  free(w);
+  return list;
 }

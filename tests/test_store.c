@@ -777,6 +777,146 @@ static void batch_is_one_transaction(void **state) {
   cp_store_close(other);
 }
 
+/* The posts of a channel due by a time, in the order they go, without the claimed ones. */
+static void due_list_takes_the_queue_order(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item its[] = {item(ID_C, "m", NOW + 2, CP_POST_SCHEDULED, 'c'),
+                                item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+                                item(ID_B, "m", NOW + 1, CP_POST_SCHEDULED, 'b'),
+                                item(ID_D, "m", NOW + 10 * MIN, CP_POST_SCHEDULED, 'd'),
+                                item(ID_E, "other", NOW, CP_POST_SCHEDULED, 'e')};
+  reconcile(f->s, its, 5, false);
+  struct cp_store_posts *l = NULL;
+  assert_int_equal(cp_store_due_list(f->s, "m", NOW + MIN, 10, &l), 0);
+  assert_int_equal(l->n, 3);
+  assert_string_equal(l->v[0].id, ID_A);
+  assert_string_equal(l->v[1].id, ID_B);
+  assert_string_equal(l->v[2].id, ID_C);
+  cp_store_posts_free(l);
+  bool claimed = false;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  assert_int_equal(cp_store_due_list(f->s, "m", NOW + MIN, 1, &l), 0);
+  assert_int_equal(l->n, 1); /* the limit, and A is no longer pending */
+  assert_string_equal(l->v[0].id, ID_B);
+  cp_store_posts_free(l);
+  assert_int_equal(cp_store_due_list(f->s, "m", NOW + MIN, 0, &l), CP_EINVAL);
+  assert_int_equal(cp_store_due_list(f->s, "none", NOW + MIN, 5, &l), 0);
+  assert_int_equal(l->n, 0);
+  cp_store_posts_free(l);
+}
+
+/* A claim given back leaves the post as it was: pending, its attempt uncounted. */
+static void unclaim_gives_the_post_back(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item its[] = {item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a')};
+  reconcile(f->s, its, 1, false);
+  assert_int_equal(cp_store_unclaim(f->s, ID_A, NOW), CP_EINVAL); /* not sending */
+  bool claimed = false;
+  assert_int_equal(cp_store_mark_sending(f->s, ID_A, NOW, &claimed), 0);
+  assert_int_equal(cp_store_unclaim(f->s, ID_A, NOW + 1), 0);
+  struct cp_store_post *p = get(f->s, ID_A);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  assert_int_equal(p->attempts, 0);
+  assert_int_equal(p->next_ms, NOW);
+  cp_store_post_free(p);
+  assert_int_equal(cp_store_unclaim(f->s, ID_B, NOW), CP_ENOTFOUND);
+}
+
+static int wakes;
+
+static void count_wake(void *arg) {
+  __atomic_add_fetch((int *)arg, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Collects n finished ops from w (in order), waiting up to 10 s. */
+static struct cp_store_op *collect(struct cp_store_writer *w, size_t n) {
+  struct cp_store_op *list = NULL, **tail = &list;
+  size_t got = 0;
+  for (int i = 0; i < 1000 && got < n; i++) {
+    struct cp_store_op *done = cp_store_writer_done(w);
+    if (!done) {
+      usleep(10000);
+      continue;
+    }
+    *tail = done;
+    for (; *tail; tail = &(*tail)->next)
+      got++;
+  }
+  assert_int_equal(got, n);
+  return list;
+}
+
+static struct cp_store_op op_of(enum cp_store_op_kind kind, const char *id) {
+  struct cp_store_op op = {.kind = kind, .now_ms = NOW};
+  snprintf(op.id, sizeof op.id, "%s", id);
+  return op;
+}
+
+/* The writer: claims, records and given-back claims on its own connection, back in order, and
+ * on disk (seen by another connection) when they come back. */
+static void writer_runs_ops_in_groups(void **state) {
+  struct fixture *f = *state;
+  f->s = open_store(f);
+  struct cp_store_item its[] = {item(ID_A, "m", NOW, CP_POST_SCHEDULED, 'a'),
+                                item(ID_B, "m", NOW, CP_POST_SCHEDULED, 'b'),
+                                item(ID_C, "m", NOW, CP_POST_SCHEDULED, 'c')};
+  reconcile(f->s, its, 3, false);
+  assert_int_equal(cp_store_skip(f->s, ID_C, NOW), 0);
+  struct cp_store_writer *w = NULL;
+  char err[256];
+  wakes = 0;
+  assert_int_equal(cp_store_writer_start(NULL, f->dir, count_wake, &wakes, &w, err, sizeof err), 0);
+
+  struct cp_store_op ops[3] = {op_of(CP_STORE_OP_CLAIM, ID_A), op_of(CP_STORE_OP_CLAIM, ID_B),
+                               op_of(CP_STORE_OP_CLAIM, ID_C)};
+  ops[0].next = &ops[1];
+  ops[1].next = &ops[2];
+  cp_store_writer_submit(w, ops);
+  struct cp_store_op *done = collect(w, 3);
+  assert_ptr_equal(done, &ops[0]);
+  assert_ptr_equal(done->next, &ops[1]);
+  assert_true(ops[0].err == 0 && ops[0].claimed);
+  assert_true(ops[1].err == 0 && ops[1].claimed);
+  assert_true(ops[2].err == 0 && !ops[2].claimed); /* skipped: not pending */
+  assert_true(__atomic_load_n(&wakes, __ATOMIC_SEQ_CST) >= 1);
+  assert_int_equal(state_of(f->s, ID_A), CP_STORE_SENDING);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_SENDING);
+
+  /* A record, a give-back and a record of a post that is not sending (fails alone). */
+  struct cp_store_op rec = op_of(CP_STORE_OP_RECORD, ID_A), back = op_of(CP_STORE_OP_UNCLAIM, ID_B);
+  struct cp_store_op bad = op_of(CP_STORE_OP_RECORD, ID_C);
+  rec.r = (struct cp_store_result){
+      .at_ms = NOW + 5, .outcome = CP_OUTCOME_OK, .remote_id = "r1", .next = CP_STORE_SENT};
+  bad.r = rec.r;
+  rec.next = &back;
+  back.next = &bad;
+  cp_store_writer_submit(w, &rec);
+  collect(w, 3);
+  assert_int_equal(rec.err, 0);
+  assert_int_equal(back.err, 0);
+  assert_int_equal(bad.err, CP_EINVAL);
+  assert_non_null(strstr(bad.errmsg, "not sending"));
+  struct cp_store_post *p = get(f->s, ID_A);
+  assert_int_equal(p->state, CP_STORE_SENT);
+  assert_string_equal(p->remote_id, "r1");
+  cp_store_post_free(p);
+  p = get(f->s, ID_B);
+  assert_int_equal(p->state, CP_STORE_PENDING);
+  assert_int_equal(p->attempts, 0);
+  cp_store_post_free(p);
+
+  /* Ops not collected come back from stop. */
+  struct cp_store_op again = op_of(CP_STORE_OP_CLAIM, ID_B);
+  cp_store_writer_submit(w, &again);
+  struct cp_store_op *left = cp_store_writer_stop(w);
+  assert_ptr_equal(left, &again);
+  assert_true(again.err == 0 && again.claimed);
+  assert_int_equal(state_of(f->s, ID_B), CP_STORE_SENDING);
+  assert_null(cp_store_writer_stop(NULL));
+}
+
 /* ---- engagement samples ---------------------------------------------------------------------- */
 
 #define HOUR (60 * MIN)
@@ -994,6 +1134,9 @@ int main(void) {
       T(close_without_finishing_keeps_sending),
       T(a_post_is_claimed_once),
       T(batch_is_one_transaction),
+      T(due_list_takes_the_queue_order),
+      T(unclaim_gives_the_post_back),
+      T(writer_runs_ops_in_groups),
       T(retry_then_success_records_every_attempt),
       T(long_messages_are_cut_on_a_character),
       T(next_due_orders_and_honours_pauses),
