@@ -1133,9 +1133,11 @@ static void settle(struct inflight *f, const struct cp_result *res) {
       retry_or_fail(f, res, res->retry_at_ms > now ? res->retry_at_ms : 0);
       break;
     case CP_OUTCOME_AUTH:
-      /* An expired token must not burn through the queue: the post waits, the channel pauses. */
+      /* An expired token must not burn through the queue: the post waits, the channel pauses.
+       * It keeps its place (next attempt at its due time): after `calpost resume` it goes before
+       * the channel's later posts, even those that came due while the 401 was on its way. */
       record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING,
-             now, NULL, NULL);
+             f->due_ms > 0 && f->due_ms < now ? f->due_ms : now, NULL, NULL);
       cp_store_channel_pause(d->store, ch->conf->name, 0, "credentials rejected");
       logf_(CP_LOG_ERROR, "channel %s paused: credentials rejected (%s)", ch->conf->name,
             res->message);

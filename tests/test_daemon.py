@@ -177,9 +177,11 @@ def test_500_then_200_retried_with_backoff(ctx):
     settle_quietly(env)
     reqs = env.server.requests()
     assert [r["key"] for r in reqs] == [key_of(pid)] * 3, [r["key"] for r in reqs]
+    # The configured backoff, not the default (30 s): each retry also waits for its claim's disk
+    # sync, which a loaded CI disk stretches, hence PROMPT on top of the ceiling.
     for i, ceiling in ((1, 0.5), (2, 1.0)):
         gap = reqs[i]["time"] - reqs[i - 1]["time"]
-        assert gap <= ceiling + 0.25, "retry %d came %.3f s later (backoff ceiling %.1f s)" % (
+        assert gap <= ceiling + PROMPT, "retry %d came %.3f s later (backoff ceiling %.1f s)" % (
             i, gap, ceiling)
     att = env.attempts(pid)
     assert [(a["outcome"], a["http_status"]) for a in att] == [
@@ -238,6 +240,25 @@ def test_401_pauses_the_channel_until_resume(ctx):
     got = [r["key"] for r in env.server.requests("/a")]
     assert got == [key_of(a1), key_of(a1), key_of(a2)], "after resume: %s" % got
     assert not env.channel_status("a")["paused"]
+
+
+def test_401_answered_after_the_next_post_is_due_keeps_due_order(ctx):
+    # The 401 for a1 arrives after a2 came due (a slow server): after `calpost resume`, a1 still
+    # goes first. (It used to be queued by the time of the 401, behind a2.)
+    env = ctx.env(channels={"a": {"grace": "1m", "timeout": "10s"}})
+    T = next_second(2)
+    env.write_plan([Event("a1", T, "first on a", ["a"]), Event("a2", T + 1, "second on a", ["a"])])
+    a1, a2 = env.pid("a1", "a"), env.pid("a2", "a")
+    env.server.script([{"status": 401, "path": "/a", "delay": 2.0,
+                        "json": {"error": "token expired"}}])
+    env.start()
+    wait_for(lambda: env.channel_status("a")["paused"], 15, "channel a paused after the 401")
+    assert (env.state(a1), env.state(a2)) == ("pending", "pending"), env.states()
+    env.cli("resume", "a")
+    wait_for(lambda: env.state(a1) == "sent" and env.state(a2) == "sent", 15,
+             "a1 and a2 sent after resume")
+    got = [r["key"] for r in sorted(env.server.requests("/a"), key=lambda r: r["time"])]
+    assert got == [key_of(a1), key_of(a1), key_of(a2)], "after resume: %s" % got
 
 
 def test_400_fails_at_once_with_the_server_message(ctx):
