@@ -123,14 +123,6 @@ struct channel {
   int64_t rate_ms;
   uv_timer_t fire_timer;  /* sends a claimed post at its due time */
   struct inflight *armed; /* the claimed post waiting for fire_timer */
-  /* Posts claimed ahead in a burst (see claim_more): active is armed or in flight, queue waits
-   * for its answer (n_queued of them); n_claimed counts every claimed post not finished yet,
-   * claiming the claims the writer has not finished. hold: claims coming back go back (the
-   * channel stopped); claim_floor: none of the burst leaves before its first post's time. */
-  struct inflight *active, *queue, *queue_tail;
-  size_t n_claimed, n_queued, claiming;
-  bool hold;
-  int64_t claim_floor;
   int64_t grace_ms;
   bool busy;        /* a post of this channel is in flight: posts go out in due order */
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
@@ -164,11 +156,8 @@ struct plan_ref {
 
 struct inflight {
   struct cp_publish_req req;
-  struct cp_store_op op;       /* its claim, record or given-back claim, at the writer */
-  bool recording;              /* op is a record the writer has not finished */
-  struct inflight *queue_next; /* the channel's claimed-ahead queue */
-  struct cp_result res;        /* the outcome, while waiting for the flush */
-  struct inflight *done_next;  /* the flush queue */
+  struct cp_result res;       /* the outcome, while waiting for the flush */
+  struct inflight *done_next; /* the flush queue */
   struct daemon *d;
   struct channel *ch;
   struct plan_ref *pr;
@@ -197,10 +186,6 @@ struct daemon {
   uv_loop_t *loop;
   struct cp_config *cfg;
   struct cp_store *store;
-  /* Claims and records: a thread of their own syncs them to disk, so the loop never waits for
-   * the disk on a post's way out (see on_written). */
-  struct cp_store_writer *writer;
-  uv_async_t written;
   struct cp_http *http;
   struct cp_connector_registry *reg;
   struct cp_sync *sync;
@@ -773,11 +758,8 @@ static struct channel *find_channel(struct daemon *d, const char *name) {
   return NULL;
 }
 
-/* Records an attempt. For a post in flight (f), the writer does it with its next group, and f
- * finishes once it is on disk (on_written); the strings stay f's until then. Without f (at
- * start-up, before anything is sent), at once. */
-static void record(struct daemon *d, struct inflight *f, const char *id, enum cp_outcome outcome,
-                   int http_status, const char *msg, enum cp_store_state next, int64_t retry_at,
+static void record(struct daemon *d, const char *id, enum cp_outcome outcome, int http_status,
+                   const char *msg, enum cp_store_state next, int64_t retry_at,
                    const char *remote_id, const char *remote_url) {
   struct cp_store_result r = {.at_ms = wall_ms(),
                               .outcome = outcome,
@@ -787,12 +769,6 @@ static void record(struct daemon *d, struct inflight *f, const char *id, enum cp
                               .remote_url = remote_url,
                               .next = next,
                               .retry_at_ms = retry_at};
-  if (f && d->writer) {
-    f->op = (struct cp_store_op){.kind = CP_STORE_OP_RECORD, .r = r, .data = f};
-    snprintf(f->op.id, sizeof f->op.id, "%s", id);
-    f->recording = true;
-    return;
-  }
   if (cp_store_record_attempt(d->store, id, &r) < 0)
     logf_(CP_LOG_ERROR, "post %s: cannot record the attempt: %s", id, cp_store_errmsg(d->store));
 }
@@ -803,7 +779,7 @@ static void finish(struct inflight *f) {
   if (f->sample)
     f->ch->sample = NULL;
   else if (f->ch && !f->notification)
-    f->ch->busy = --f->ch->n_claimed > 0;
+    f->ch->busy = false;
   free(f->remote_id);
   free(f->remote_url);
   plan_unref(f->pr);
@@ -823,7 +799,7 @@ static void retry_or_fail(struct inflight *f, const struct cp_result *res, int64
   int64_t now = wall_ms();
   int rc = cp_backoff_next(&d->backoff, f->attempts, now, f->due_ms, not_before, &at);
   if (rc < 0) {
-    record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED, 0,
+    record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED, 0,
            NULL, NULL);
     logf_(CP_LOG_WARN, "post %s on %s failed after %d attempts: %s", f->post.id, f->ch->conf->name,
           f->attempts, res->message);
@@ -831,7 +807,7 @@ static void retry_or_fail(struct inflight *f, const struct cp_result *res, int64
            f->ch->conf->name, f->attempts, res->message);
     return;
   }
-  record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING, at,
+  record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING, at,
          NULL, NULL);
   logf_(CP_LOG_INFO, "post %s on %s: %s (%s), retry in %" PRId64 " s", f->post.id,
         f->ch->conf->name, cp_outcome_name(res->outcome), res->message, (at - now) / 1000);
@@ -867,10 +843,8 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
   /* A server may echo a secret back (an error quoting the key it rejected): redact where the
    * result enters, so the database, status and notifications never see it. */
   redact(f->res.message);
-  if (*f->res.remote_id) /* most answers have none: skip the search */
-    redact(f->res.remote_id);
-  if (*f->res.remote_url)
-    redact(f->res.remote_url);
+  redact(f->res.remote_id);
+  redact(f->res.remote_url);
   f->done_next = NULL;
   if (d->done_tail)
     d->done_tail->done_next = f;
@@ -894,95 +868,27 @@ static int64_t next_fire(struct daemon *d) {
   return t;
 }
 
-static void fire(struct inflight *f);
-static void claim_more(struct daemon *d, struct channel *ch, int64_t now,
-                       struct cp_store_op ***tail);
-
-/* Appends op to the list whose end is *tail. */
-static void op_add(struct cp_store_op ***tail, struct cp_store_op *op) {
-  op->next = NULL;
-  **tail = op;
-  *tail = &op->next;
-}
-
-/* Gives back ch's claims that have not left (the armed one and the queue): the channel stops
- * (credentials rejected, paused, calpost stopping). They finish once the writer has them. */
-static void release_claims(struct daemon *d, struct channel *ch, struct cp_store_op ***tail) {
-  int64_t now = wall_ms();
-  struct inflight *f = ch->queue;
-  if (ch->armed) {
-    uv_timer_stop(&ch->fire_timer);
-    ch->armed->queue_next = f;
-    f = ch->armed;
-    ch->armed = NULL;
-    ch->active = NULL;
-  }
-  ch->queue = ch->queue_tail = NULL;
-  ch->n_queued = 0;
-  ch->hold = true; /* claims still at the writer go back too */
-  for (struct inflight *next; f; f = next) {
-    next = f->queue_next;
-    f->op = (struct cp_store_op){.kind = CP_STORE_OP_UNCLAIM, .now_ms = now, .data = f};
-    snprintf(f->op.id, sizeof f->op.id, "%s", f->post.id);
-    op_add(tail, &f->op);
-  }
-}
-
-/* Starts a claimed post of ch (its `sending` state is on disk): at once, or at its time (after
- * the server's hint). */
-static void start(struct daemon *d, struct channel *ch, struct inflight *f) {
-  int64_t now = wall_ms();
-  int64_t hint = cp_ratelimit_wait_ms(&ch->rl, now);
-  if (hint > 0 && now + hint > f->fire_at)
-    f->fire_at = now + hint;
-  ch->active = f;
-  if (f->fire_at > now) {
-    ch->armed = f;
-    timer_at(d, &ch->fire_timer, on_fire, f->fire_at);
-  } else {
-    fire(f);
-  }
-}
-
-/* After the answer to ch's active post: the next post claimed ahead goes, or, when the channel
- * must stop or wait (credentials rejected, rate limited, calpost stopping), the claims go back. */
-static void next_queued(struct daemon *d, struct channel *ch, enum cp_outcome outcome,
-                        struct cp_store_op ***tail) {
-  /* A server that asks to wait holds the claims back too: they go back to the queue, where the
-   * wait (or the grace, should it be long) applies to them like to any pending post. */
-  if (outcome == CP_OUTCOME_AUTH || outcome == CP_OUTCOME_RATE_LIMITED || d->stopping ||
-      cp_ratelimit_wait_ms(&ch->rl, wall_ms()) > 0) {
-    release_claims(d, ch, tail);
-    return;
-  }
-  if (!ch->queue)
-    return;
-  struct inflight *f = ch->queue;
-  ch->queue = f->queue_next;
-  if (!ch->queue)
-    ch->queue_tail = NULL;
-  ch->n_queued--;
-  start(d, ch, f);
-  claim_more(d, ch, wall_ms(), tail);
+static void on_flush_timer(uv_timer_t *t) {
+  struct daemon *d = t->data;
+  if (!uv_is_active((uv_handle_t *)&d->flush))
+    uv_idle_start(&d->flush, on_flush);
 }
 
 static void on_flush(uv_idle_t *h) {
   struct daemon *d = h->data;
   uv_idle_stop(&d->flush);
+  /* Recording outcomes syncs to disk and blocks the loop: not while another post is about to
+   * leave; right after it. */
+  int64_t now = wall_ms(), soon = next_fire(d);
+  if (soon != INT64_MAX && soon - now < 50 && !d->stopping) {
+    timer_at(d, &d->flush_timer, on_flush_timer, soon + 2);
+    return;
+  }
   struct inflight *list = d->done;
   d->done = d->done_tail = NULL;
-  /* Samples record on the loop's connection, in one batch; posts through the writer. */
-  bool samples = false;
+  bool batch = cp_store_batch_begin(d->store) == 0;
   for (struct inflight *f = list; f; f = f->done_next)
-    samples |= f->sample;
-  bool batch = samples && cp_store_batch_begin(d->store) == 0;
-  struct cp_store_op *ops = NULL, **tail = &ops;
-  for (struct inflight *f = list; f; f = f->done_next) {
-    f->recording = false;
     settle(f, &f->res);
-    if (f->recording)
-      op_add(&tail, &f->op);
-  }
   if (batch && cp_store_batch_end(d->store, true) < 0)
     logf_(CP_LOG_ERROR,
           "cannot save the outcomes: %s; those posts stay `sending` and are settled at the next "
@@ -990,119 +896,15 @@ static void on_flush(uv_idle_t *h) {
           cp_store_errmsg(d->store));
   for (struct inflight *f = list, *next; f; f = next) {
     next = f->done_next;
-    struct channel *ch = f->ch;
-    if (!f->sample && ch->active == f) {
-      ch->active = NULL;
-      next_queued(d, ch, f->res.outcome, &tail);
-    }
-    if (f->recording)
-      continue; /* finishes in on_written */
-    ch->freed = true;
+    f->ch->freed = true;
     finish(f);
   }
-  cp_store_writer_submit(d->writer, ops);
   if (!d->stopping && d->plan) {
     schedule_where(d, pick_freed, wall_ms());
     arm(d);
   }
   for (size_t i = 0; i < d->n_ch; i++)
     d->ch[i].freed = false;
-}
-
-/* The writer finished a group: claims on disk go out, records and given-back claims finish. */
-static void on_written(uv_async_t *a) {
-  struct daemon *d = a->data;
-  struct cp_store_op *list = cp_store_writer_done(d->writer);
-  struct cp_store_op *ops = NULL, **tail = &ops;
-  int64_t now = wall_ms();
-  /* Failures are said once per kind and group (a full disk fails every op of a group). */
-  char failed[3][sizeof list->errmsg] = {"", "", ""}; /* the first message (the op may go) */
-  size_t n_failed[3] = {0, 0, 0};
-  for (struct cp_store_op *op = list, *next; op; op = next) {
-    next = op->next;
-    struct inflight *f = op->data;
-    struct channel *ch = f->ch;
-    if (op->err < 0 && (unsigned)op->kind < 3) {
-      if (!n_failed[op->kind]++)
-        snprintf(failed[op->kind], sizeof failed[op->kind], "%s", op->errmsg);
-      logf_(CP_LOG_DEBUG, "post %s: writer op %d failed: %s", op->id, (int)op->kind, op->errmsg);
-    }
-    if (op->kind == CP_STORE_OP_CLAIM)
-      ch->claiming--;
-    if (op->kind == CP_STORE_OP_CLAIM && op->err == 0 && op->claimed) {
-      if (d->stopping || ch->hold) {
-        f->op = (struct cp_store_op){.kind = CP_STORE_OP_UNCLAIM, .now_ms = now, .data = f};
-        snprintf(f->op.id, sizeof f->op.id, "%s", f->post.id);
-        op_add(&tail, &f->op);
-      } else if (!ch->active) {
-        start(d, ch, f);
-      } else {
-        f->queue_next = NULL;
-        if (ch->queue_tail)
-          ch->queue_tail->queue_next = f;
-        else
-          ch->queue = f;
-        ch->queue_tail = f;
-        ch->n_queued++;
-      }
-      if (!ch->claiming)
-        claim_more(d, ch, now, &tail);
-      continue;
-    }
-    if (op->kind == CP_STORE_OP_CLAIM && op->err < 0)
-      ch->wake_ms = now + 1000; /* nothing was claimed on disk: send nothing, look again soon */
-    else
-      ch->freed = true; /* finished, or no longer pending (skipped, cancelled): look again */
-    f->recording = false;
-    finish(f);
-  }
-  if (n_failed[CP_STORE_OP_CLAIM])
-    logf_(CP_LOG_ERROR, "cannot save the claims: %s; not sending %zu post(s)",
-          failed[CP_STORE_OP_CLAIM], n_failed[CP_STORE_OP_CLAIM]);
-  if (n_failed[CP_STORE_OP_RECORD])
-    logf_(CP_LOG_ERROR,
-          "cannot save the outcomes: %s; %zu post(s) stay `sending` and are settled at the next "
-          "start",
-          failed[CP_STORE_OP_RECORD], n_failed[CP_STORE_OP_RECORD]);
-  if (n_failed[CP_STORE_OP_UNCLAIM])
-    logf_(CP_LOG_ERROR,
-          "cannot give back the claims: %s; %zu post(s) stay `sending` and are settled at the "
-          "next start",
-          failed[CP_STORE_OP_UNCLAIM], n_failed[CP_STORE_OP_UNCLAIM]);
-  cp_store_writer_submit(d->writer, ops);
-  if (!d->stopping && d->plan) {
-    schedule_where(d, pick_freed, wall_ms());
-    arm(d);
-  }
-  for (size_t i = 0; i < d->n_ch; i++)
-    d->ch[i].freed = false;
-}
-
-/* Called by the writer's thread. */
-static void wake_written(void *arg) {
-  struct daemon *d = arg;
-  uv_async_send(&d->written);
-}
-
-/* After the loop: frees the posts the writer handed back as it stopped and those still claimed
- * ahead (on disk they stay `sending`, settled at the next start, or pending). */
-static void drop_unwritten(struct daemon *d, struct cp_store_op *list) {
-  for (struct cp_store_op *op = list, *next; op; op = next) {
-    next = op->next;
-    finish(op->data);
-  }
-  for (size_t i = 0; i < d->n_ch; i++) {
-    struct channel *ch = &d->ch[i];
-    for (struct inflight *f = ch->queue, *next; f; f = next) {
-      next = f->queue_next;
-      finish(f);
-    }
-    ch->queue = ch->queue_tail = NULL;
-    ch->n_queued = 0;
-    if (ch->armed)
-      finish(ch->armed);
-    ch->armed = ch->active = NULL;
-  }
 }
 
 /* Records the outcome of one attempt (inside the flush batch). */
@@ -1116,7 +918,7 @@ static void settle(struct inflight *f, const struct cp_result *res) {
   int64_t now = wall_ms();
   switch (res->outcome) {
     case CP_OUTCOME_OK:
-      record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_SENT, 0,
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_SENT, 0,
              res->remote_id, res->remote_url);
       logf_(CP_LOG_INFO, "post %s published on %s%s%s (%" PRId64 " ms after due)", f->post.id,
             ch->conf->name, *res->remote_url ? ": " : "", res->remote_url, now - f->due_ms);
@@ -1136,7 +938,7 @@ static void settle(struct inflight *f, const struct cp_result *res) {
       /* An expired token must not burn through the queue: the post waits, the channel pauses.
        * It keeps its place (next attempt at its due time): after `calpost resume` it goes before
        * the channel's later posts, even those that came due while the 401 was on its way. */
-      record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING,
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_PENDING,
              f->due_ms > 0 && f->due_ms < now ? f->due_ms : now, NULL, NULL);
       cp_store_channel_pause(d->store, ch->conf->name, 0, "credentials rejected");
       logf_(CP_LOG_ERROR, "channel %s paused: credentials rejected (%s)", ch->conf->name,
@@ -1147,8 +949,8 @@ static void settle(struct inflight *f, const struct cp_result *res) {
              ch->conf->name, res->message, ch->conf->name);
       break;
     case CP_OUTCOME_PERMANENT:
-      record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED,
-             0, NULL, NULL);
+      record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_FAILED, 0,
+             NULL, NULL);
       logf_(CP_LOG_WARN, "post %s on %s failed: %s", f->post.id, ch->conf->name, res->message);
       notify(d, "calpost: post \"%s\" on %s failed: %s", f->post.title, ch->conf->name,
              res->message);
@@ -1159,8 +961,8 @@ static void settle(struct inflight *f, const struct cp_result *res) {
       } else if (d->resend_unknown) {
         retry_or_fail(f, res, 0);
       } else {
-        record(d, f, f->post.id, res->outcome, (int)res->http_status, res->message,
-               CP_STORE_UNKNOWN, 0, NULL, NULL);
+        record(d, f->post.id, res->outcome, (int)res->http_status, res->message, CP_STORE_UNKNOWN,
+               0, NULL, NULL);
         notify(d,
                "calpost: post \"%s\" on %s may or may not have been published (%s); check "
                "and `calpost retry %s` or `calpost skip %s`",
@@ -1170,8 +972,8 @@ static void settle(struct inflight *f, const struct cp_result *res) {
   }
 }
 
-/* Claims one due post for ch: the inflight to fire once its claim op (marking it sending) is on
- * disk (on_written), or NULL. */
+/* Claims one due post for ch inside the open batch: marks it sending (durable once the batch
+ * commits). Returns the inflight to fire after the commit, or NULL. */
 static struct inflight *claim(struct daemon *d, struct channel *ch, const struct cp_store_post *sp,
                               int64_t now) {
   struct inflight *f = calloc(1, sizeof *f);
@@ -1181,6 +983,7 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
   f->ch = ch;
   f->due_ms = sp->due_ms;
   f->attempts = sp->attempts + 1;
+  bool claimed = false;
   if (!plan_find(d->plan, sp->id, &f->post, &f->post_mem)) {
     /* Reconcile cancels what leaves the plan, so this should not happen; never guess a text. */
     logf_(CP_LOG_ERROR, "post %s on %s is pending but not in the current plan", sp->id,
@@ -1188,8 +991,11 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
     free(f);
     return NULL;
   }
-  f->op = (struct cp_store_op){.kind = CP_STORE_OP_CLAIM, .now_ms = now, .data = f};
-  snprintf(f->op.id, sizeof f->op.id, "%s", sp->id);
+  if (cp_store_mark_sending(d->store, sp->id, now, &claimed) < 0 || !claimed) {
+    logf_(CP_LOG_ERROR, "post %s: cannot mark it sending: %s", sp->id, cp_store_errmsg(d->store));
+    free(f);
+    return NULL;
+  }
   f->pr = d->plan;
   d->plan->refs++;
   f->req.host = &ch->host;
@@ -1207,7 +1013,6 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
       f->post.text = f->utm_text;
   }
   ch->busy = true;
-  ch->n_claimed++;
   d->n_inflight++;
   return f;
 }
@@ -1255,51 +1060,16 @@ static int64_t window_ready(const struct channel *ch, size_t pending) {
   return left <= 0 ? 0 : wall_ms() + left;
 }
 
-/* Posts of a channel claimed ahead at most (see claim_more), and the queue length under which
- * more are claimed. */
-#define CLAIM_DEPTH 64
-#define CLAIM_REFILL 32
-
-/* In a burst, claims ahead the channel's next posts due within claim_ahead (up to CLAIM_DEPTH
- * waiting), after its first post's claim is on disk: they go one after the other as the answers
- * come, with no disk sync between them, and more are claimed while they go. Only for a connector
- * whose publish is idempotent and a channel without a configured rate: should calpost die before
- * one of them left, the restart sends it with the same key (for any other connector it would be
- * `unknown`), and a rate window is counted request by request. None leaves before the burst's
- * first post's time (a pause, the server's hint: see start()). */
-static void claim_more(struct daemon *d, struct channel *ch, int64_t now,
-                       struct cp_store_op ***tail) {
-  if (!(ch->conn->caps & CP_CAP_IDEMPOTENT) || ch->rate_n || ch->sampling || ch->hold ||
-      ch->claiming || ch->n_queued >= CLAIM_REFILL || d->stopping || !d->plan)
-    return;
-  /* The posts claimed so far are on disk (claiming == 0), so the list holds only unclaimed ones,
-   * in the order next_due takes them. */
-  struct cp_store_posts *l = NULL;
-  if (cp_store_due_list(d->store, ch->conf->name, now + d->claim_ahead_ms,
-                        CLAIM_DEPTH - ch->n_queued, &l) < 0)
-    return;
-  for (size_t i = 0; i < l->n; i++) {
-    struct inflight *g = claim(d, ch, &l->v[i], now);
-    if (!g)
-      break;
-    g->fire_at = l->v[i].next_ms > ch->claim_floor ? l->v[i].next_ms : ch->claim_floor;
-    ch->claiming++;
-    op_add(tail, &g->op);
-  }
-  cp_store_posts_free(l);
-}
-
-/* Looks at one channel: marks posts past their grace missed, claims the first due post if the
- * channel is free and its rate limit allows (its claim op goes to *tail, to be fired once on
- * disk), and sets ch->wake_ms. */
-static void schedule_channel(struct daemon *d, struct channel *ch, int64_t now,
-                             struct cp_store_op ***tail) {
+/* Looks at one channel inside the open batch: marks posts past their grace missed, claims the
+ * first due post if the channel is free and its rate limit allows (returned, to be fired after
+ * the commit), and sets ch->wake_ms. */
+static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, int64_t now) {
   ch->wake_ms = INT64_MAX;
   if (ch->busy || ch->notify_only || d->stopping)
-    return;
+    return NULL;
   struct cp_store_post *next = NULL;
   if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
-    return;
+    return NULL;
   /* Only when the first post is already past its grace is there anything to mark missed. */
   if (next->next_ms < now - ch->grace_ms) {
     cp_store_post_free(next);
@@ -1318,7 +1088,7 @@ static void schedule_channel(struct daemon *d, struct channel *ch, int64_t now,
       cp_store_posts_free(missed);
     }
     if (cp_store_next_due(d->store, ch->conf->name, &next) < 0)
-      return;
+      return NULL;
   }
   struct inflight *f = NULL;
   /* When the request may leave: its due (or retry) time, the server's hints, the rate window. */
@@ -1331,47 +1101,61 @@ static void schedule_channel(struct daemon *d, struct channel *ch, int64_t now,
     at = ready;
   if (at == INT64_MAX) { /* `rate = 1/T` and a sample in flight: its answer looks again */
     cp_store_post_free(next);
-    return;
+    return NULL;
   }
   if (at > (next->next_ms > now ? next->next_ms : now) && strcmp(ch->rl_waited, next->id)) {
     ch->rl_waits++; /* once per post, however often the channel is looked at while it waits */
     snprintf(ch->rl_waited, sizeof ch->rl_waited, "%s", next->id);
   }
   /* The claim's disk sync happens ahead of time, so the request leaves at `at`. */
-  if (at - now > d->claim_ahead_ms) {
+  if (at - now > d->claim_ahead_ms)
     ch->wake_ms = at - d->claim_ahead_ms;
-  } else if ((f = claim(d, ch, next, now))) {
+  else if ((f = claim(d, ch, next, now)))
     f->fire_at = at;
-    ch->claim_floor = at;
-    ch->hold = false;
-    ch->claiming++;
-    op_add(tail, &f->op);
-  } else {
+  else
     ch->wake_ms = now + 60000; /* could not claim: look again later */
-  }
   cp_store_post_free(next);
+  return f;
 }
 
-static bool pick_all(struct channel *ch, int64_t now);
-
-/* Schedules the channels for which pick() is true: their claims go to the writer in one group
- * (one disk sync); each post leaves once its claim is on disk (on_written). Looking at every
- * channel (a plan, a pause, a resume) also gives back the claims of a channel paused since. */
+/* Schedules the channels for which pick() is true: one batch (one disk sync) claims every due
+ * post, then the requests leave. */
 static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
                            int64_t now) {
-  struct cp_store_op *ops = NULL, **tail = &ops;
-  for (size_t i = 0; i < d->n_ch; i++) {
-    struct channel *ch = &d->ch[i];
-    if (pick == pick_all && (ch->queue || ch->armed)) {
-      struct cp_store_channel_status *st = NULL;
-      if (cp_store_channel_status(d->store, ch->conf->name, now, &st) == 0 && st->paused)
-        release_claims(d, ch, &tail);
-      cp_store_channel_status_free(st);
+  struct inflight **fired = calloc(d->n_ch ? d->n_ch : 1, sizeof *fired);
+  size_t n = 0;
+  if (!fired)
+    return;
+  bool batch = cp_store_batch_begin(d->store) == 0;
+  for (size_t i = 0; i < d->n_ch; i++)
+    if (pick(&d->ch[i], now)) {
+      struct inflight *f = schedule_channel(d, &d->ch[i], now);
+      if (f)
+        fired[n++] = f;
     }
-    if (pick(ch, now))
-      schedule_channel(d, ch, now, &tail);
+  if (batch && cp_store_batch_end(d->store, true) < 0) {
+    /* Nothing was claimed on disk: send nothing, look again in a second. */
+    logf_(CP_LOG_ERROR, "cannot save the claims: %s; not sending", cp_store_errmsg(d->store));
+    for (size_t i = 0; i < n; i++) {
+      fired[i]->ch->wake_ms = now + 1000;
+      fired[i]->ch->busy = false;
+      d->n_inflight--;
+      plan_unref(fired[i]->pr);
+      free(fired[i]);
+    }
+    n = 0;
   }
-  cp_store_writer_submit(d->writer, ops);
+  now = wall_ms();
+  for (size_t i = 0; i < n; i++) {
+    struct inflight *f = fired[i];
+    if (f->fire_at > now) {
+      f->ch->armed = f;
+      timer_at(d, &f->ch->fire_timer, on_fire, f->fire_at);
+    } else {
+      fire(f);
+    }
+  }
+  free(fired);
 }
 
 /* Arms the one timer for the earliest channel wake-up; nothing runs while idle. */
@@ -1407,8 +1191,13 @@ static int64_t next_fire(struct daemon *d);
 
 static void on_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
-  /* Claims no longer wait for the disk here (the writer syncs them), so nothing to defer. */
-  int64_t now = wall_ms();
+  /* Claims sync to disk and block the loop; they run claim_ahead early, so they can wait until
+   * a post that is about to leave has left. */
+  int64_t now = wall_ms(), soon = next_fire(d);
+  if (soon != INT64_MAX && soon - now < 50) {
+    timer_at(d, &d->timer, on_timer, soon + 2);
+    return;
+  }
   if (d->plan)
     schedule_where(d, pick_due, now);
   arm(d);
@@ -1765,16 +1554,15 @@ static void recover(struct daemon *d) {
     struct channel *ch = find_channel(d, p->channel);
     bool idem = ch && (ch->conn->caps & CP_CAP_IDEMPOTENT);
     if (idem || d->resend_unknown) {
-      record(d, NULL, p->id, CP_OUTCOME_UNKNOWN, 0,
-             "interrupted while sending; resent with the same key", CP_STORE_PENDING, wall_ms(),
-             NULL, NULL);
+      record(d, p->id, CP_OUTCOME_UNKNOWN, 0, "interrupted while sending; resent with the same key",
+             CP_STORE_PENDING, wall_ms(), NULL, NULL);
       logf_(CP_LOG_WARN,
             "post %s on %s was sending when calpost stopped: resending with the "
             "same idempotency key",
             p->id, p->channel);
     } else {
-      record(d, NULL, p->id, CP_OUTCOME_UNKNOWN, 0, "interrupted while sending", CP_STORE_UNKNOWN,
-             0, NULL, NULL);
+      record(d, p->id, CP_OUTCOME_UNKNOWN, 0, "interrupted while sending", CP_STORE_UNKNOWN, 0,
+             NULL, NULL);
       notify(d,
              "calpost: post %s on %s was being sent when calpost stopped; it may or may not "
              "have been published. Check, then `calpost retry %s` or `calpost skip %s`.",
@@ -2290,13 +2078,6 @@ int cp_daemon_run(const char *config_path) {
     logf_(CP_LOG_ERROR, "state database: %s", err);
     goto out_loop;
   }
-  uv_async_init(d->loop, &d->written, on_written);
-  d->written.data = d;
-  if (cp_store_writer_start(NULL, d->cfg->state_dir, wake_written, d, &d->writer, err, sizeof err) <
-      0) {
-    logf_(CP_LOG_ERROR, "state database: %s", err);
-    goto out_loop;
-  }
   if (cp_http_init(d->loop, &d->http) < 0 || cp_connector_registry_new(&d->reg) < 0)
     goto out_loop;
   if (start_channels(d) < 0)
@@ -2397,11 +2178,6 @@ int cp_daemon_run(const char *config_path) {
   logf_(CP_LOG_INFO, "stopped");
 
 out_loop:
-  /* The writer finishes what it has before its wake-up handle closes; what it hands back is
-   * dropped after the loop (those posts stay `sending` for the next start). */
-  struct cp_store_op *unwritten = cp_store_writer_stop(d->writer);
-  d->writer = NULL;
-  close_own((uv_handle_t *)&d->written);
   /* Every module closes its own handles; the loop runs until all are closed. */
   cp_control_stop(d->control, module_closed, NULL);
   cp_sync_stop(d->sync, module_closed, NULL);
@@ -2418,7 +2194,6 @@ out_loop:
   close_own((uv_handle_t *)&d->sample_timer);
   close_own((uv_handle_t *)&d->clock_watch);
   uv_run(d->loop, UV_RUN_DEFAULT);
-  drop_unwritten(d, unwritten);
   if (d->clock_fd > 0)
     close(d->clock_fd);
   for (size_t i = 0; i < d->n_ch; i++) {

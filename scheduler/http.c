@@ -61,10 +61,6 @@ struct cp_http {
   int pending_closes;
   void (*close_cb)(void *data);
   void *close_data;
-  /* Easy handles of finished requests, reset, for the next ones: creating one per request cost
-   * more than the request itself in a burst. */
-  CURL *spare[32];
-  size_t n_spare;
 };
 
 #define DLIST_PUSH(head, x)                                                                        \
@@ -206,13 +202,8 @@ static int on_timeout_change(CURLM *multi, long timeout_ms, void *userp) {
 static void request_free(struct request *r) {
   if (!r)
     return;
-  struct cp_http *h = r->h;
-  if (r->easy && h && !h->closing && h->n_spare < sizeof h->spare / sizeof h->spare[0]) {
-    curl_easy_reset(r->easy); /* every option back to its default: nothing of r stays */
-    h->spare[h->n_spare++] = r->easy;
-  } else if (r->easy) {
+  if (r->easy)
     curl_easy_cleanup(r->easy);
-  }
   curl_slist_free_all(r->headers);
   curl_slist_free_all(r->rcpt);
   curl_mime_free(r->mime);
@@ -795,7 +786,7 @@ int cp_http_request(struct cp_http *h, const struct cp_http_req *req, cp_http_cb
   r->cb = cb;
   r->data = data;
   r->max = req->max_response ? req->max_response : CP_HTTP_MAX_RESPONSE;
-  r->easy = h->n_spare ? h->spare[--h->n_spare] : curl_easy_init();
+  r->easy = curl_easy_init();
   if (!r->easy) {
     free(r);
     return CP_ENOMEM;
@@ -857,8 +848,6 @@ void cp_http_close(struct cp_http *h, void (*cb)(void *data), void *data) {
     r->easy = NULL;
     DLIST_PUSH(h->cancelled, r);
   }
-  while (h->n_spare)
-    curl_easy_cleanup(h->spare[--h->n_spare]);
   /* Stop watching before libcurl closes the sockets of its connection cache. */
   while (h->socks)
     sock_close(h->socks);

@@ -208,17 +208,6 @@ int cp_store_next_due(struct cp_store *s, const char *channel, struct cp_store_p
  * Counts the attempt. */
 int cp_store_mark_sending(struct cp_store *s, const char *id, int64_t now_ms, bool *claimed);
 
-/* Gives back a claim whose request never left: a `sending` post becomes pending again and the
- * attempt the claim counted is uncounted. CP_EINVAL if the post is not `sending`. Only for a
- * post whose request certainly did not start (a claim made ahead and not used). */
-int cp_store_unclaim(struct cp_store *s, const char *id, int64_t now_ms);
-
-/* The pending posts of channel whose next_ms is at most until_ms, in the order next_due takes
- * them, at most limit (> 0). Pauses are not applied (ask next_due first). The caller frees the
- * list. */
-int cp_store_due_list(struct cp_store *s, const char *channel, int64_t until_ms, size_t limit,
-                      struct cp_store_posts **out);
-
 /* Records the attempt of a `sending` post and moves it to r->next, in one transaction. A post
  * found `sending` after a crash is settled the same way (outcome CP_OUTCOME_UNKNOWN, next UNKNOWN,
  * or PENDING if the connector is idempotent). Returns CP_EINVAL if the post is not `sending`. */
@@ -284,58 +273,6 @@ int cp_store_skip_engagement(struct cp_store *s, const char *const *channels, si
 int cp_store_batch_begin(struct cp_store *s);
 int cp_store_batch_end(struct cp_store *s, bool ok);
 
-/* ---- The writer: durable writes off the caller's thread ------------------------------------
- * A thread with its own connection to the same store runs claims, records and given-back claims
- * in groups: every op submitted while it was busy goes into its next transaction, one disk sync
- * for the group (a failed op undoes only itself; a failed commit fails the whole group). A group
- * without claims (records, given-back claims) is committed without waiting for the disk: the next
- * group with claims, or the writer after a second without one (or at its stop), syncs it (a power
- * loss in between finds those posts `sending`, as if calpost had died while they were in flight).
- * The caller's thread never waits for the disk. Finished ops come back, in submission order,
- * through cp_store_writer_done(); the writer calls wake(arg) (from its thread) when there are
- * some. A claim is on disk when its op comes back with err == 0 and claimed. Ops belong to the
- * caller; the writer uses them from submit until they come back. */
-enum cp_store_op_kind {
-  CP_STORE_OP_CLAIM,   /* cp_store_mark_sending(id, now_ms) */
-  CP_STORE_OP_RECORD,  /* cp_store_record_attempt(id, &r) */
-  CP_STORE_OP_UNCLAIM, /* cp_store_unclaim(id, now_ms) */
-};
-
-struct cp_store_op {
-  enum cp_store_op_kind kind;
-  char id[CP_POST_ID_LEN + 1];
-  int64_t now_ms;
-  struct cp_store_result r; /* RECORD; its strings are borrowed until the op comes back */
-  void *data;               /* the caller's */
-  /* Set by the writer: */
-  int err;
-  bool claimed;
-  char errmsg[256];
-  struct cp_store_op *next;
-};
-
-struct cp_store_writer;
-
-/* Opens a second connection to the store at backend/location (as cp_store_open) and starts the
- * writer thread. Returns 0 and sets *out, or an error with a message in err. */
-int cp_store_writer_start(const char *backend, const char *location, void (*wake)(void *arg),
-                          void *arg, struct cp_store_writer **out, char *err, size_t errlen);
-/* Queues the ops linked through next (the list is taken whole). */
-void cp_store_writer_submit(struct cp_store_writer *w, struct cp_store_op *ops);
-/* The finished ops, oldest first (linked through next), or NULL. */
-struct cp_store_op *cp_store_writer_done(struct cp_store_writer *w);
-/* Runs what is queued, stops the thread, closes its connection and frees w. Returns the ops that
- * finished and were not collected (the caller's again). NULL is a no-op. */
-struct cp_store_op *cp_store_writer_stop(struct cp_store_writer *w);
-
-/* Whether the commits of s wait for the disk (the default: synced before they return) or only
- * for the operating system (they survive a crash of calpost, not a power loss, until a later
- * durable commit or cp_store_sync carries them to the disk). */
-int cp_store_set_durable(struct cp_store *s, bool durable);
-/* Carries every earlier commit of s to the disk (durable when it returns). n: a number that
- * differs from the previous call's (it is written, so that there is something to sync). */
-int cp_store_sync(struct cp_store *s, int64_t n);
-
 /* Daemon metadata (never secrets). get: CP_ENOTFOUND if absent, *value is the caller's. */
 /* Stores a connector's progress text for post id (durable when it returns, outside a batch). */
 int cp_store_set_progress(struct cp_store *s, const char *id, const char *progress);
@@ -393,11 +330,6 @@ struct cp_store_ops {
                            int64_t sampled_ms, const struct cp_store_engagement *counts);
   int (*skip_engagement)(struct cp_store *s, const char *const *channels, size_t n_channels,
                          const int64_t *ages_s, size_t n_ages, int64_t now_ms, size_t *skipped);
-  int (*unclaim)(struct cp_store *s, const char *id, int64_t now_ms);
-  int (*set_durable)(struct cp_store *s, bool durable);
-  int (*sync)(struct cp_store *s, int64_t n);
-  int (*due_list)(struct cp_store *s, const char *channel, int64_t until_ms, size_t limit,
-                  struct cp_store_posts **out);
 };
 
 extern const struct cp_store_ops cp__store_sqlite_ops;

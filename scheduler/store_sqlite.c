@@ -1,10 +1,8 @@
 /* The SQLite backend of the store: one WAL-mode file, calpost.db, in the state directory.
  *
  * Every SQLite return code is checked here and becomes CP_EDB (CP_EBUSY when the file stayed
- * locked) with sqlite3_errmsg() in the store's message. Most statements are prepared per call;
- * the few the daemon runs for every post (claim, record, next due, the savepoints of a batch) are
- * prepared once per connection (SQLITE_PREPARE_PERSISTENT), reset after each use and finalized
- * at close: preparing them cost more than running them in a burst. */
+ * locked) with sqlite3_errmsg() in the store's message. Statements are prepared per call: the
+ * daemon makes a few calls per post, and a cache would only add invalidation paths. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -23,26 +21,10 @@
 /* The CLI reads while the daemon writes; writers hold the lock for milliseconds. */
 #define BUSY_TIMEOUT_MS 5000
 
-/* The statements prepared once per connection (see cached()). */
-enum cached_stmt {
-  ST_SAVEPOINT,
-  ST_RELEASE,
-  ST_MARK_SENDING,
-  ST_UNCLAIM,
-  ST_POST_STATE,
-  ST_RECORD_INSERT,
-  ST_RECORD_UPDATE,
-  ST_PAUSE,
-  ST_NEXT_DUE_CHANNEL,
-  ST_DUE_LIST,
-  ST_COUNT
-};
-
 struct sq {
   struct cp_store base; /* first: the public functions see a struct cp_store */
   sqlite3 *db;
   bool batch; /* inside cp_store_batch_begin/end: transactions become savepoints */
-  sqlite3_stmt *stmt[ST_COUNT];
 };
 
 /* Schema migrations. Step i brings user_version from i to i + 1 in one transaction, and logs
@@ -170,56 +152,6 @@ static int prep(struct sq *q, sqlite3_stmt **st, const char *what, const char *s
   return err;
 }
 
-/* The cached statement idx for sql (always the same text for one idx), prepared on first use,
- * bound by fmt like vbind but without copying text: the caller's strings outlive the use, and
- * done() resets the statement and clears its bindings before the call returns. */
-static int cached(struct sq *q, sqlite3_stmt **st, enum cached_stmt idx, const char *what,
-                  const char *sql, const char *fmt, ...) {
-  if (!q->stmt[idx]) {
-    int rc = sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &q->stmt[idx], NULL);
-    if (rc != SQLITE_OK) {
-      q->stmt[idx] = NULL;
-      *st = NULL;
-      return dberr(q, rc, what);
-    }
-  }
-  *st = q->stmt[idx];
-  va_list ap;
-  va_start(ap, fmt);
-  int err = 0;
-  for (int i = 0; fmt && fmt[i] && err == 0; i++) {
-    int rc;
-    if (fmt[i] == 's') {
-      const char *v = va_arg(ap, const char *);
-      rc = v ? sqlite3_bind_text(*st, i + 1, v, -1, SQLITE_STATIC) : sqlite3_bind_null(*st, i + 1);
-    } else if (fmt[i] == 'i') {
-      rc = sqlite3_bind_int64(*st, i + 1, va_arg(ap, int64_t));
-    } else {
-      rc = sqlite3_bind_int(*st, i + 1, va_arg(ap, int));
-    }
-    if (rc != SQLITE_OK)
-      err = dberr(q, rc, what);
-  }
-  va_end(ap);
-  if (err < 0) {
-    sqlite3_clear_bindings(*st);
-    *st = NULL;
-  }
-  return err;
-}
-
-/* Ends a use of a cached statement (NULL is a no-op). */
-static void done(sqlite3_stmt *st) {
-  if (st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-  }
-}
-
-/* run() with a cached statement. */
-static int run_cached(struct sq *q, enum cached_stmt idx, const char *what, const char *sql,
-                      const char *fmt, ...);
-
 /* Runs one statement that returns no rows. Returns the number of changed rows, or an error. */
 static int run(struct sq *q, const char *what, const char *sql, const char *fmt, ...) {
   sqlite3_stmt *st;
@@ -238,41 +170,6 @@ static int run(struct sq *q, const char *what, const char *sql, const char *fmt,
   return err;
 }
 
-static int run_cached(struct sq *q, enum cached_stmt idx, const char *what, const char *sql,
-                      const char *fmt, ...) {
-  if (!q->stmt[idx]) {
-    int rc = sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &q->stmt[idx], NULL);
-    if (rc != SQLITE_OK) {
-      q->stmt[idx] = NULL;
-      return dberr(q, rc, what);
-    }
-  }
-  sqlite3_stmt *st = q->stmt[idx];
-  va_list ap;
-  va_start(ap, fmt);
-  int err = 0;
-  for (int i = 0; fmt && fmt[i] && err == 0; i++) {
-    int rc;
-    if (fmt[i] == 's') {
-      const char *v = va_arg(ap, const char *);
-      rc = v ? sqlite3_bind_text(st, i + 1, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i + 1);
-    } else if (fmt[i] == 'i') {
-      rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
-    } else {
-      rc = sqlite3_bind_int(st, i + 1, va_arg(ap, int));
-    }
-    if (rc != SQLITE_OK)
-      err = dberr(q, rc, what);
-  }
-  va_end(ap);
-  if (err == 0) {
-    int rc = sqlite3_step(st);
-    err = rc == SQLITE_DONE ? sqlite3_changes(q->db) : dberr(q, rc, what);
-  }
-  done(st);
-  return err;
-}
-
 static int exec(struct sq *q, const char *what, const char *sql) {
   int rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL);
   return rc == SQLITE_OK ? 0 : dberr(q, rc, what);
@@ -280,18 +177,14 @@ static int exec(struct sq *q, const char *what, const char *sql) {
 
 /* IMMEDIATE takes the write lock up front, so a transaction never fails half-way with BUSY. */
 static int begin(struct sq *q) {
-  if (q->batch) {
-    int n = run_cached(q, ST_SAVEPOINT, "begin savepoint", "SAVEPOINT op", NULL);
-    return n < 0 ? n : 0;
-  }
+  if (q->batch)
+    return exec(q, "begin savepoint", "SAVEPOINT op");
   return exec(q, "begin transaction", "BEGIN IMMEDIATE");
 }
 
 static int commit(struct sq *q) {
-  if (q->batch) {
-    int n = run_cached(q, ST_RELEASE, "release savepoint", "RELEASE op", NULL);
-    return n < 0 ? n : 0;
-  }
+  if (q->batch)
+    return exec(q, "release savepoint", "RELEASE op");
   return exec(q, "commit", "COMMIT");
 }
 
@@ -433,8 +326,7 @@ static int collect_posts(struct sq *q, sqlite3_stmt *st, const char *what,
 /* The state of post id, or CP_ENOTFOUND. For messages after an UPDATE matched nothing. */
 static int post_state(struct sq *q, const char *id, enum cp_store_state *state) {
   sqlite3_stmt *st;
-  int err = cached(q, &st, ST_POST_STATE, "read post state",
-                   "SELECT state FROM posts WHERE id = ?1", "s", id);
+  int err = prep(q, &st, "read post state", "SELECT state FROM posts WHERE id = ?1", "s", id);
   if (err < 0)
     return err;
   int rc = sqlite3_step(st);
@@ -446,7 +338,7 @@ static int post_state(struct sq *q, const char *id, enum cp_store_state *state) 
     err = cp__store_fail(&q->base, CP_ENOTFOUND, "store: no post with id %s", id);
   else
     err = dberr(q, rc, "read post state");
-  done(st);
+  sqlite3_finalize(st);
   return err;
 }
 
@@ -506,33 +398,21 @@ static int migrate(struct sq *q) {
 
 /* Creates the file with mode 0600 before SQLite sees it: SQLite would create it 0644 (minus the
  * umask), and it gives the -wal and -shm files the main file's mode. An existing file that is
- * readable by others is tightened. An existing file is never opened here: closing any descriptor
- * of a file drops every POSIX lock this process holds on it, and another connection of this
- * process (the daemon's writer) may hold some; without them, another process could take the
- * database for unused and delete the WAL under it. */
+ * readable by others is tightened. */
 static int create_private(const char *path, char *err, size_t errlen) {
-  struct stat sb;
-  int rc = stat(path, &sb);
-  if (rc < 0 && errno == ENOENT) {
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-      close(fd); /* new: nobody can hold a lock on it yet */
-      return 0;
-    }
-    if (errno != EEXIST) {
-      int e = errno;
-      snprintf(err, errlen, "store: cannot create %s: %s", path, strerror(e));
-      return -e;
-    }
-    rc = stat(path, &sb); /* created meanwhile by another process */
-  }
-  if (rc < 0) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
     int e = errno;
     snprintf(err, errlen, "store: cannot open %s: %s", path, strerror(e));
     return -e;
   }
-  if ((sb.st_mode & 077) && chmod(path, sb.st_mode & 0700) < 0) {
-    int e = errno;
+  struct stat sb;
+  int rc = fstat(fd, &sb);
+  if (rc == 0 && (sb.st_mode & 077))
+    rc = fchmod(fd, sb.st_mode & 0700);
+  int e = errno;
+  close(fd);
+  if (rc < 0) {
     snprintf(err, errlen, "store: cannot make %s private (mode 0600): %s", path, strerror(e));
     return -e;
   }
@@ -541,10 +421,7 @@ static int create_private(const char *path, char *err, size_t errlen) {
 
 static void sq_close(struct cp_store *s) {
   struct sq *q = sq_of(s);
-  /* The cached statements go first; every other one is finalized where it was prepared, so close
-   * cannot be refused. */
-  for (int i = 0; i < ST_COUNT; i++)
-    sqlite3_finalize(q->stmt[i]);
+  /* Every statement is finalized where it was prepared, so close cannot be refused. */
   sqlite3_close(q->db);
   free(q);
 }
@@ -611,10 +488,7 @@ static int sq_open(const char *location, struct cp_store **out, char *errbuf, si
   /* synchronous = FULL: in WAL mode, NORMAL may lose the last commits on power loss (the file
    * stays consistent, but rolls back). Losing a `sending` mark means a post goes out twice; losing
    * `sent` means a retry publishes a duplicate. FULL syncs the WAL on every commit: one fsync per
-   * state change, nothing at the rate a social-media calendar posts. The daemon's writer
-   * (cp_store_writer_start) lowers it to NORMAL for groups without claims: their posts stay
-   * `sending` on disk until the next FULL commit syncs the WAL, which is what a crash leaves
-   * anyway, settled as interrupted at the next start; never a duplicate. */
+   * state change, nothing at the rate a social-media calendar posts. */
   err = exec(q, "set synchronous", "PRAGMA synchronous = FULL");
   if (err == 0)
     err = exec(q, "enable foreign keys", "PRAGMA foreign_keys = ON");
@@ -634,8 +508,6 @@ fail:
   sq_close(&q->base);
   return err;
 }
-
-static int read_pause(struct sq *q, const char *channel, bool *paused, int64_t *until);
 
 static int sq_reconcile(struct cp_store *s, const struct cp_store_item *items, size_t n,
                         int64_t now_ms, bool dry_run, struct cp_store_counts *counts) {
@@ -739,21 +611,31 @@ static int sq_reconcile(struct cp_store *s, const struct cp_store_item *items, s
  * change which one comes first. */
 static int next_due_of_channel(struct sq *q, const char *channel, struct cp_store_post **out) {
   sqlite3_stmt *st;
-  bool paused = false;
-  int64_t until = 0;
-  int err = read_pause(q, channel, &paused, &until);
+  int64_t paused = 0, until = 0;
+  int err = prep(q, &st, "read channel pause",
+                 "SELECT paused, paused_until_ms FROM channels WHERE name = ?1", "s", channel);
+  if (err < 0)
+    return err;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    paused = sqlite3_column_int64(st, 0);
+    until = sqlite3_column_int64(st, 1);
+  } else if (rc != SQLITE_DONE) {
+    err = dberr(q, rc, "read channel pause");
+  }
+  sqlite3_finalize(st);
   if (err < 0)
     return err;
   if (paused && until == 0)
     return cp__store_fail(&q->base, CP_ENOTFOUND, "store: channel %s is paused", channel);
-  err = cached(q, &st, ST_NEXT_DUE_CHANNEL, "find next due post",
-               "SELECT " POST_COLS " FROM posts p WHERE p.channel = ?1 AND p.state = 'pending' "
-               "ORDER BY p.next_ms, p.due_ms, p.id LIMIT 1",
-               "s", channel);
+  err = prep(q, &st, "find next due post",
+             "SELECT " POST_COLS " FROM posts p WHERE p.channel = ?1 AND p.state = 'pending' "
+             "ORDER BY p.next_ms, p.due_ms, p.id LIMIT 1",
+             "s", channel);
   if (err < 0)
     return err;
   struct cp_store_post *p = NULL;
-  int rc = sqlite3_step(st);
+  rc = sqlite3_step(st);
   if (rc == SQLITE_DONE) {
     err = cp__store_fail(&q->base, CP_ENOTFOUND, "store: no pending post in %s", channel);
   } else if (rc != SQLITE_ROW) {
@@ -764,7 +646,7 @@ static int next_due_of_channel(struct sq *q, const char *channel, struct cp_stor
     if (err == 0 && paused && until > p->next_ms)
       p->next_ms = until; /* when it may really go */
   }
-  done(st);
+  sqlite3_finalize(st);
   if (err < 0) {
     free(p);
     return err;
@@ -814,10 +696,10 @@ static int sq_next_due(struct cp_store *s, const char *channel, struct cp_store_
 static int sq_mark_sending(struct cp_store *s, const char *id, int64_t now_ms, bool *claimed) {
   struct sq *q = sq_of(s);
   /* One autocommit statement: with synchronous = FULL it is on disk when this returns. */
-  int n = run_cached(q, ST_MARK_SENDING, "mark sending",
-                     "UPDATE posts SET state = 'sending', attempts = attempts + 1, updated_ms = ?2 "
-                     "WHERE id = ?1 AND state = 'pending'",
-                     "si", id, now_ms);
+  int n = run(q, "mark sending",
+              "UPDATE posts SET state = 'sending', attempts = attempts + 1, updated_ms = ?2 "
+              "WHERE id = ?1 AND state = 'pending'",
+              "si", id, now_ms);
   if (n < 0)
     return n;
   if (n == 0) {
@@ -827,84 +709,6 @@ static int sq_mark_sending(struct cp_store *s, const char *id, int64_t now_ms, b
       return err;
   }
   *claimed = n == 1;
-  return 0;
-}
-
-static int sq_unclaim(struct cp_store *s, const char *id, int64_t now_ms) {
-  struct sq *q = sq_of(s);
-  /* The claim's attempt is given back with it: the request never left. */
-  int n = run_cached(q, ST_UNCLAIM, "give back a claim",
-                     "UPDATE posts SET state = 'pending', attempts = max(attempts - 1, 0), "
-                     "  updated_ms = ?2 WHERE id = ?1 AND state = 'sending'",
-                     "si", id, now_ms);
-  if (n < 0)
-    return n;
-  if (n == 0) {
-    enum cp_store_state state;
-    int err = post_state(q, id, &state);
-    if (err < 0)
-      return err;
-    return cp__store_fail(s, CP_EINVAL, "store: post %s is %s, not sending", id,
-                          cp_store_state_name(state));
-  }
-  return 0;
-}
-
-static int sq_set_durable(struct cp_store *s, bool durable) {
-  /* NORMAL in WAL mode: a commit waits for the OS only; the next FULL commit, or a checkpoint,
-   * syncs the WAL and everything before it. */
-  return exec(sq_of(s), "set synchronous",
-              durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
-}
-
-static int sq_sync(struct cp_store *s, int64_t n) {
-  struct sq *q = sq_of(s);
-  int err = exec(q, "sync", "PRAGMA synchronous = FULL");
-  if (err < 0)
-    return err;
-  /* A commit that writes nothing does not sync: write a counter (daemon metadata). */
-  char v[24];
-  snprintf(v, sizeof v, "%lld", (long long)n);
-  int rows = run(q, "sync",
-                 "INSERT INTO meta(key, value) VALUES ('writer_syncs', ?1) "
-                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                 "s", v);
-  return rows < 0 ? rows : 0;
-}
-
-static int sq_due_list(struct cp_store *s, const char *channel, int64_t until_ms, size_t limit,
-                       struct cp_store_posts **out) {
-  struct sq *q = sq_of(s);
-  sqlite3_stmt *st;
-  /* The order of next_due_of_channel, through the same index. */
-  int err = cached(q, &st, ST_DUE_LIST, "list due posts",
-                   "SELECT " POST_COLS " FROM posts p WHERE p.channel = ?1 AND p.state = 'pending' "
-                   "AND p.next_ms <= ?2 ORDER BY p.next_ms, p.due_ms, p.id LIMIT ?3",
-                   "sii", channel, until_ms, (int64_t)limit);
-  if (err < 0)
-    return err;
-  struct cp_store_posts *l = calloc(1, sizeof *l);
-  if (l && limit)
-    l->v = calloc(limit, sizeof *l->v);
-  err = l && (l->v || !limit) ? 0 : CP_ENOMEM;
-  while (err == 0 && l->n < limit) {
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE)
-      break;
-    if (rc != SQLITE_ROW) {
-      err = dberr(q, rc, "list due posts");
-      break;
-    }
-    err = read_post(q, st, &l->v[l->n]);
-    if (err == 0)
-      l->n++;
-  }
-  done(st);
-  if (err < 0) {
-    cp_store_posts_free(l);
-    return err == CP_ENOMEM ? cp__store_fail(s, err, "store: list due posts: out of memory") : err;
-  }
-  *out = l;
   return 0;
 }
 
@@ -931,13 +735,13 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
                          cp_store_state_name(state));
   sqlite3_stmt *st = NULL;
   if (err == 0)
-    err = cached(q, &st, ST_RECORD_INSERT, "record attempt",
-                 "INSERT INTO attempts(post_id, n, at_ms, outcome, http_status, message, "
-                 "                     remote_id, remote_url) "
-                 "VALUES (?1, (SELECT coalesce(max(n), 0) + 1 FROM attempts WHERE post_id = ?1), "
-                 "        ?2, ?3, ?4, ?5, ?6, ?7)",
-                 "sisdsss", id, r->at_ms, cp_store_outcome_name(r->outcome), r->http_status, NULL,
-                 r->remote_id, r->remote_url);
+    err = prep(q, &st, "record attempt",
+               "INSERT INTO attempts(post_id, n, at_ms, outcome, http_status, message, "
+               "                     remote_id, remote_url) "
+               "VALUES (?1, (SELECT coalesce(max(n), 0) + 1 FROM attempts WHERE post_id = ?1), "
+               "        ?2, ?3, ?4, ?5, ?6, ?7)",
+               "sisdsss", id, r->at_ms, cp_store_outcome_name(r->outcome), r->http_status, NULL,
+               r->remote_id, r->remote_url);
   if (err == 0 && r->message) {
     int rc = sqlite3_bind_text(st, 5, r->message, message_len(r->message), SQLITE_STATIC);
     if (rc != SQLITE_OK)
@@ -948,17 +752,17 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
     if (rc != SQLITE_DONE)
       err = dberr(q, rc, "record attempt");
   }
-  done(st);
+  sqlite3_finalize(st);
   if (err == 0) {
     int64_t next = r->next == CP_STORE_PENDING && r->retry_at_ms > 0 ? r->retry_at_ms : r->at_ms;
-    int n = run_cached(
-        q, ST_RECORD_UPDATE, "record attempt",
-        "UPDATE posts SET state = ?2, updated_ms = ?3, "
-        "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
-        "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
-        "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
-        "WHERE id = ?1 AND state = 'sending'",
-        "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id, r->remote_url);
+    int n = run(q, "record attempt",
+                "UPDATE posts SET state = ?2, updated_ms = ?3, "
+                "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
+                "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
+                "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
+                "WHERE id = ?1 AND state = 'sending'",
+                "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id,
+                r->remote_url);
     err = n < 0 ? n : 0;
   }
   return end(q, err);
@@ -1300,8 +1104,8 @@ static int read_pause(struct sq *q, const char *channel, bool *paused, int64_t *
   sqlite3_stmt *st;
   *paused = false;
   *until = 0;
-  int err = cached(q, &st, ST_PAUSE, "read channel pause",
-                   "SELECT paused, paused_until_ms FROM channels WHERE name = ?1", "s", channel);
+  int err = prep(q, &st, "read channel pause",
+                 "SELECT paused, paused_until_ms FROM channels WHERE name = ?1", "s", channel);
   if (err < 0)
     return err;
   int rc = sqlite3_step(st);
@@ -1311,7 +1115,7 @@ static int read_pause(struct sq *q, const char *channel, bool *paused, int64_t *
   } else if (rc != SQLITE_DONE) {
     err = dberr(q, rc, "read channel pause");
   }
-  done(st);
+  sqlite3_finalize(st);
   return err;
 }
 
@@ -1513,8 +1317,4 @@ const struct cp_store_ops cp__store_sqlite_ops = {
     .next_engagement = sq_next_engagement,
     .record_engagement = sq_record_engagement,
     .skip_engagement = sq_skip_engagement,
-    .unclaim = sq_unclaim,
-    .set_durable = sq_set_durable,
-    .sync = sq_sync,
-    .due_list = sq_due_list,
 };
