@@ -98,8 +98,8 @@ struct cal {
   struct cp_tz zone; /* the plan zone, or X-WR-TIMEZONE of the last file that set it */
   struct ev **evs;
   size_t n_evs, cap_evs;
-  struct stub *stubs; /* spill mode: the events, in the spill file */
-  size_t n_stubs, cap_stubs;
+  struct spilled_ev *spilled; /* spill mode: the events, in the spill file */
+  size_t n_spilled, cap_spilled;
 };
 
 struct bytes {
@@ -1439,7 +1439,7 @@ struct psrc {
 
 #define PSRC_CHUNK 4096 /* psrcs are allocated in chunks: posts point at them */
 
-struct stub { /* an event in the spill file, until its group is expanded */
+struct spilled_ev { /* an event in the spill file, until its group is expanded */
   char *uid;
   uint64_t off;
   uint32_t len;
@@ -1587,22 +1587,22 @@ static int spill_event(struct cp_plan *plan, struct cal *cal, struct ev *e) {
     rc = put(o, e->rdates, e->n_rdates * sizeof *e->rdates);
   if (rc == 0 && e->n_exdates)
     rc = put(o, e->exdates, e->n_exdates * sizeof *e->exdates);
-  if (rc == 0 && cal->n_stubs == cal->cap_stubs) {
-    size_t nc = cal->cap_stubs ? cal->cap_stubs * 2 : 256;
-    struct stub *nv = realloc(cal->stubs, nc * sizeof *nv);
+  if (rc == 0 && cal->n_spilled == cal->cap_spilled) {
+    size_t nc = cal->cap_spilled ? cal->cap_spilled * 2 : 256;
+    struct spilled_ev *nv = realloc(cal->spilled, nc * sizeof *nv);
     if (!nv)
       rc = CP_ENOMEM;
     else {
-      cal->stubs = nv;
-      cal->cap_stubs = nc;
+      cal->spilled = nv;
+      cal->cap_spilled = nc;
     }
   }
-  struct stub st = {.uid = e->uid, .len = (uint32_t)o->n, .order = (int)cal->n_stubs};
+  struct spilled_ev st = {.uid = e->uid, .len = (uint32_t)o->n, .order = (int)cal->n_spilled};
   if (rc == 0)
     rc = spill_put(p, o, &st.off);
   if (rc == 0) {
-    cal->stubs[cal->n_stubs++] = st;
-    e->uid = NULL; /* the stub has it now */
+    cal->spilled[cal->n_spilled++] = st;
+    e->uid = NULL; /* the spilled record has it now */
   }
   ev_free(e);
   return rc;
@@ -1617,7 +1617,7 @@ static char *dup_got(struct cursor *c, bool *oom) {
 }
 
 /* Reads an event spill_event wrote back into memory. */
-static int unspill_event(struct cp__plan_priv *p, const struct stub *st, struct ev **out) {
+static int unspill_event(struct cp__plan_priv *p, const struct spilled_ev *st, struct ev **out) {
   *out = NULL;
   int rc = spill_get(p, st->off, st->len);
   if (rc < 0)
@@ -1737,7 +1737,7 @@ static int make_psrc(struct cp_plan *plan, struct ev *e) {
     e->ps = ps;
     return 0;
   }
-  ps->uid = NULL; /* the group's end gives it the stub's (see expand_spilled) */
+  ps->uid = NULL; /* the group's end gives it the spilled record's (see expand_spilled) */
   if (!(ps->channels = intern_channels(p, e->channels, ps->n_channels)))
     return CP_ENOMEM;
   struct bytes *o = &p->wbuf;
@@ -2422,8 +2422,8 @@ out:
   return rc;
 }
 
-static int cmp_stub(const void *a, const void *b) {
-  const struct stub *x = a, *y = b;
+static int cmp_spilled(const void *a, const void *b) {
+  const struct spilled_ev *x = a, *y = b;
   int c = strcmp(x->uid, y->uid);
   return c ? c : x->order - y->order;
 }
@@ -2431,10 +2431,10 @@ static int cmp_stub(const void *a, const void *b) {
 /* expand_calendar in spill mode: one UID's events in memory at a time. */
 static int expand_spilled(struct cp_plan *plan, struct cal *cal) {
   struct cp__plan_priv *p = plan->priv;
-  struct stub *st = cal->stubs;
-  size_t n = cal->n_stubs;
+  struct spilled_ev *st = cal->spilled;
+  size_t n = cal->n_spilled;
   if (n)
-    qsort(st, n, sizeof *st, cmp_stub);
+    qsort(st, n, sizeof *st, cmp_spilled);
   struct ev **evs = NULL;
   size_t cap = 0;
   int rc = 0;
@@ -2469,9 +2469,9 @@ static int expand_spilled(struct cp_plan *plan, struct cal *cal) {
   free(evs);
   for (size_t i = 0; i < n; i++)
     free(st[i].uid);
-  free(cal->stubs);
-  cal->stubs = NULL;
-  cal->n_stubs = cal->cap_stubs = 0;
+  free(cal->spilled);
+  cal->spilled = NULL;
+  cal->n_spilled = cal->cap_spilled = 0;
   return rc;
 }
 
@@ -2541,9 +2541,9 @@ void cp_plan_free(struct cp_plan *plan) {
       for (size_t k = 0; k < c->n_evs; k++)
         ev_free(c->evs[k]);
       free(c->evs);
-      for (size_t k = 0; k < c->n_stubs; k++)
-        free(c->stubs[k].uid);
-      free(c->stubs);
+      for (size_t k = 0; k < c->n_spilled; k++)
+        free(c->spilled[k].uid);
+      free(c->spilled);
       free(c->name);
       free(c);
     }
