@@ -993,6 +993,7 @@ static struct inflight *claim(struct daemon *d, struct channel *ch, const struct
   }
   if (cp_store_mark_sending(d->store, sp->id, now, &claimed) < 0 || !claimed) {
     logf_(CP_LOG_ERROR, "post %s: cannot mark it sending: %s", sp->id, cp_store_errmsg(d->store));
+    free(f->post_mem);
     free(f);
     return NULL;
   }
@@ -1141,6 +1142,8 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
       fired[i]->ch->busy = false;
       d->n_inflight--;
       plan_unref(fired[i]->pr);
+      free(fired[i]->utm_text);
+      free(fired[i]->post_mem);
       free(fired[i]);
     }
     n = 0;
