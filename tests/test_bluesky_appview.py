@@ -29,9 +29,7 @@ install the packages; fails with the reason when anything else is missing (node,
 PostgreSQL). Cleans up its processes and the PostgreSQL cluster whatever happens; keeps its
 folder when it failed."""
 
-import fcntl
 import glob
-import hashlib
 import json
 import os
 import pwd
@@ -54,6 +52,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "support"))
+import npm_peer  # noqa: E402
 from daemon_harness import (KEEP, SANITIZER_MARKS, SCALE, Daemon, calendar_text,  # noqa: E402
                             Event, kept_dir, post_id, register_secret, wait_for)
 
@@ -63,9 +62,6 @@ CACHE = os.path.join(SRC, ".cache", "appview")
 SKIP = 77
 AGES = (3, 30)  # engagement_ages, seconds
 COUNTS = ("replies", "reposts", "likes", "quotes", "views")
-# npm's words for a registry it cannot reach (no answer, as opposed to a "no").
-UNREACHABLE = re.compile(r"\b(ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|"
-                         r"EHOSTUNREACH|network request to .* failed)\b")
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -78,53 +74,16 @@ def die(msg):
 
 # --- the packages ----------------------------------------------------------------------------
 
-def _digest(*paths):
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def install():
     """npm ci of the pinned packages into .cache/appview, unless that install is current."""
-    if not shutil.which("node") or not shutil.which("npm"):
-        die("node and npm are needed for the reference AppView (Debian: apt-get install nodejs "
-            "npm)")
-    os.makedirs(CACHE, exist_ok=True)
-    want = _digest(os.path.join(PKG, "package.json"), os.path.join(PKG, "package-lock.json"))
-    stamp = os.path.join(CACHE, ".installed")
-    with open(os.path.join(CACHE, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two builds may run this test at once
-        try:
-            with open(stamp) as f:
-                if f.read().strip() == want and os.path.isdir(os.path.join(CACHE, "node_modules")):
-                    return
-        except OSError:
-            pass
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy(os.path.join(PKG, name), os.path.join(CACHE, name))
-        sys.stderr.write("installing @atproto/dev-env into %s (npm ci; minutes: better-sqlite3 is "
-                         "compiled)\n" % CACHE)
-        t = time.time()
-        env = dict(os.environ)
-        # better-sqlite3 is compiled with node-gyp, which would download node's headers: use the
-        # installed ones (Debian's nodejs ships them in /usr/include/node).
-        if "npm_config_nodedir" not in env and os.path.isdir("/usr/include/node"):
-            env["npm_config_nodedir"] = "/usr"
-        p = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CACHE, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=1800)
-        if p.returncode != 0:
-            if UNREACHABLE.search(p.stdout):
-                sys.stderr.write("test_bluesky_appview: SKIPPED: the npm registry cannot be "
-                                 "reached:\n%s\n" % p.stdout[-2000:])
-                print("0 passed, 0 failed, 1 skipped: test_bluesky_appview", flush=True)
-                sys.exit(SKIP)
-            die("npm ci in %s failed (exit %d):\n%s" % (CACHE, p.returncode, p.stdout[-4000:]))
-        sys.stderr.write("npm ci took %.0f s\n" % (time.time() - t))
-        with open(stamp, "w") as f:
-            f.write(want + "\n")
+    try:
+        npm_peer.install(PKG, CACHE, "@atproto/dev-env")
+    except npm_peer.NpmError as e:
+        if not e.unreachable:
+            die(str(e))
+        sys.stderr.write("test_bluesky_appview: SKIPPED: %s\n" % e)
+        print("0 passed, 0 failed, 1 skipped: test_bluesky_appview", flush=True)
+        sys.exit(SKIP)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

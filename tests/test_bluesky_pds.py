@@ -25,8 +25,6 @@ Fails (never skips: ctest would count exit code 77 as a failure anyway) with the
 node/npm or the packages cannot be had. Cleans up its processes whatever happens; keeps its
 folder when it failed."""
 
-import fcntl
-import hashlib
 import json
 import os
 import select
@@ -45,6 +43,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "support"))
+import npm_peer  # noqa: E402
 from daemon_harness import (KEEP, SANITIZER_MARKS, SCALE, Daemon,  # noqa: E402
                             calendar_text, Event, kept_dir, post_id, register_secret, wait_for)
 
@@ -67,47 +66,12 @@ def die(msg):
 
 # --- the packages ----------------------------------------------------------------------------
 
-def _digest(*paths):
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def install_pds():
     """npm ci of the pinned packages into .cache/pds, unless that install is current."""
-    if not shutil.which("node") or not shutil.which("npm"):
-        die("node and npm are needed for the reference PDS (Debian: apt-get install nodejs npm)")
-    os.makedirs(CACHE, exist_ok=True)
-    want = _digest(os.path.join(PKG, "package.json"), os.path.join(PKG, "package-lock.json"))
-    stamp = os.path.join(CACHE, ".installed")
-    with open(os.path.join(CACHE, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two builds may run this test at once
-        try:
-            with open(stamp) as f:
-                if f.read().strip() == want and os.path.isdir(os.path.join(CACHE, "node_modules")):
-                    return
-        except OSError:
-            pass
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy(os.path.join(PKG, name), os.path.join(CACHE, name))
-        sys.stderr.write("installing @atproto/pds into %s (npm ci; minutes: better-sqlite3 is "
-                         "compiled)\n" % CACHE)
-        t = time.time()
-        env = dict(os.environ)
-        # better-sqlite3 is compiled with node-gyp, which would download node's headers: use the
-        # installed ones (Debian's nodejs ships them in /usr/include/node).
-        if "npm_config_nodedir" not in env and os.path.isdir("/usr/include/node"):
-            env["npm_config_nodedir"] = "/usr"
-        p = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CACHE, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=1800)
-        if p.returncode != 0:
-            die("npm ci in %s failed (exit %d):\n%s" % (CACHE, p.returncode, p.stdout[-4000:]))
-        sys.stderr.write("npm ci took %.0f s\n" % (time.time() - t))
-        with open(stamp, "w") as f:
-            f.write(want + "\n")
+    try:
+        npm_peer.install(PKG, CACHE, "@atproto/pds")
+    except npm_peer.NpmError as e:
+        die(str(e))
 
 
 # --- the servers -----------------------------------------------------------------------------
