@@ -816,7 +816,7 @@ static void retry_or_fail(struct inflight *f, const struct cp_result *res, int64
 static void settle(struct inflight *f, const struct cp_result *res);
 static void on_flush(uv_idle_t *h);
 static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
-                           int64_t now);
+                           int64_t now, bool in_batch);
 static void arm(struct daemon *d);
 static void sample_schedule(struct daemon *d);
 static void settle_sample(struct inflight *f, const struct cp_result *res);
@@ -886,22 +886,24 @@ static void on_flush(uv_idle_t *h) {
   }
   struct inflight *list = d->done;
   d->done = d->done_tail = NULL;
+  /* One batch, so one disk sync, holds the outcomes and the claims of the posts that follow in
+   * the freed channels: a burst costs one sync per loop iteration, not two. */
   bool batch = cp_store_batch_begin(d->store) == 0;
   for (struct inflight *f = list; f; f = f->done_next)
     settle(f, &f->res);
-  if (batch && cp_store_batch_end(d->store, true) < 0)
-    logf_(CP_LOG_ERROR,
-          "cannot save the outcomes: %s; those posts stay `sending` and are settled at the next "
-          "start",
-          cp_store_errmsg(d->store));
   for (struct inflight *f = list, *next; f; f = next) {
     next = f->done_next;
     f->ch->freed = true;
     finish(f);
   }
   if (!d->stopping && d->plan) {
-    schedule_where(d, pick_freed, wall_ms());
+    schedule_where(d, pick_freed, wall_ms(), batch);
     arm(d);
+  } else if (batch && cp_store_batch_end(d->store, true) < 0) {
+    logf_(CP_LOG_ERROR,
+          "cannot save the outcomes: %s; those posts stay `sending` and are settled at the next "
+          "start",
+          cp_store_errmsg(d->store));
   }
   for (size_t i = 0; i < d->n_ch; i++)
     d->ch[i].freed = false;
@@ -1120,14 +1122,18 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
 }
 
 /* Schedules the channels for which pick() is true: one batch (one disk sync) claims every due
- * post, then the requests leave. */
+ * post, then the requests leave. in_batch: the caller's batch is open (it holds outcomes to
+ * save with the claims) and is ended here. */
 static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, int64_t now),
-                           int64_t now) {
+                           int64_t now, bool in_batch) {
   struct inflight **fired = calloc(d->n_ch ? d->n_ch : 1, sizeof *fired);
   size_t n = 0;
-  if (!fired)
+  if (!fired) {
+    if (in_batch && cp_store_batch_end(d->store, true) < 0)
+      logf_(CP_LOG_ERROR, "cannot save the outcomes: %s", cp_store_errmsg(d->store));
     return;
-  bool batch = cp_store_batch_begin(d->store) == 0;
+  }
+  bool batch = in_batch || cp_store_batch_begin(d->store) == 0;
   for (size_t i = 0; i < d->n_ch; i++)
     if (pick(&d->ch[i], now)) {
       struct inflight *f = schedule_channel(d, &d->ch[i], now);
@@ -1136,7 +1142,13 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     }
   if (batch && cp_store_batch_end(d->store, true) < 0) {
     /* Nothing was claimed on disk: send nothing, look again in a second. */
-    logf_(CP_LOG_ERROR, "cannot save the claims: %s; not sending", cp_store_errmsg(d->store));
+    if (in_batch)
+      logf_(CP_LOG_ERROR,
+            "cannot save the outcomes and claims: %s; the answered posts stay `sending` and are "
+            "settled at the next start; not sending",
+            cp_store_errmsg(d->store));
+    else
+      logf_(CP_LOG_ERROR, "cannot save the claims: %s; not sending", cp_store_errmsg(d->store));
     for (size_t i = 0; i < n; i++) {
       fired[i]->ch->wake_ms = now + 1000;
       fired[i]->ch->busy = false;
@@ -1186,7 +1198,7 @@ static bool pick_due(struct channel *ch, int64_t now) {
 static void schedule(struct daemon *d) {
   if (!d->plan)
     return; /* nothing applied yet: never publish from an unreviewed plan */
-  schedule_where(d, pick_all, wall_ms());
+  schedule_where(d, pick_all, wall_ms(), false);
   arm(d);
 }
 
@@ -1202,7 +1214,7 @@ static void on_timer(uv_timer_t *t) {
     return;
   }
   if (d->plan)
-    schedule_where(d, pick_due, now);
+    schedule_where(d, pick_due, now, false);
   arm(d);
 }
 
