@@ -792,11 +792,25 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
   int err = begin(q);
   if (err < 0)
     return err;
-  enum cp_store_state state;
-  err = post_state(q, id, &state);
-  if (err == 0 && state != CP_STORE_SENDING)
-    err = cp__store_fail(s, CP_EINVAL, "store: post %s is %s, not sending", id,
-                         cp_store_state_name(state));
+  /* The post moves on only from `sending`; if it is not, nothing is written and the error says
+   * what it is. */
+  int64_t next = r->next == CP_STORE_PENDING && r->retry_at_ms > 0 ? r->retry_at_ms : r->at_ms;
+  int n = run(q, "record attempt",
+              "UPDATE posts SET state = ?2, updated_ms = ?3, "
+              "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
+              "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
+              "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
+              "WHERE id = ?1 AND state = 'sending'",
+              "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id,
+              r->remote_url);
+  err = n < 0 ? n : 0;
+  if (n == 0) {
+    enum cp_store_state state;
+    err = post_state(q, id, &state);
+    if (err == 0)
+      err = cp__store_fail(s, CP_EINVAL, "store: post %s is %s, not sending", id,
+                           cp_store_state_name(state));
+  }
   sqlite3_stmt *st = NULL;
   if (err == 0)
     err = prep(q, &st, "record attempt",
@@ -817,18 +831,6 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
       err = dberr(q, rc, "record attempt");
   }
   release(q, st);
-  if (err == 0) {
-    int64_t next = r->next == CP_STORE_PENDING && r->retry_at_ms > 0 ? r->retry_at_ms : r->at_ms;
-    int n = run(q, "record attempt",
-                "UPDATE posts SET state = ?2, updated_ms = ?3, "
-                "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
-                "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
-                "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
-                "WHERE id = ?1 AND state = 'sending'",
-                "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id,
-                r->remote_url);
-    err = n < 0 ? n : 0;
-  }
   return end(q, err);
 }
 
