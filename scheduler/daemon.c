@@ -121,8 +121,7 @@ struct channel {
   int64_t *done_at;
   size_t rate_n, ring_pos, ring_len;
   int64_t rate_ms;
-  uv_timer_t fire_timer;  /* sends a claimed post at its due time */
-  struct inflight *armed; /* the claimed post waiting for fire_timer */
+  struct inflight *armed; /* the claimed post waiting for its time (the daemon's fire timer) */
   int64_t grace_ms;
   bool busy;        /* a post of this channel is in flight: posts go out in due order */
   int64_t wake_ms;  /* when this channel wants to be looked at again; INT64_MAX: never */
@@ -205,6 +204,13 @@ struct daemon {
    * step, a manual change), so the wall-clock timers are re-armed at once. */
   int clock_fd;
   uv_poll_t clock_watch;
+  /* Sends claimed posts at their time: a timerfd on the wall clock, armed for the earliest
+   * armed post at its exact time (a libuv timer counts whole milliseconds of loop time and wakes
+   * up to 2 ms late). fire_timer only where no timerfd could be made. */
+  int fire_fd;     /* -1: the libuv fallback is in use */
+  int fire_fd_own; /* closed at exit */
+  uv_poll_t fire_watch;
+  uv_timer_t fire_timer;
   int lock_fd;
   bool stopping;
   size_t n_inflight;
@@ -257,7 +263,7 @@ static void timer_at(struct daemon *d, uv_timer_t *t, uv_timer_cb cb, int64_t at
 /* Wall-clock steps                                                                          */
 
 static void on_timer(uv_timer_t *t);
-static void on_fire(uv_timer_t *t);
+static void fire_arm(struct daemon *d);
 static void sample_schedule(struct daemon *d);
 
 /* Arms clock_fd: an absolute timer far in the future that the kernel cancels when the wall
@@ -277,9 +283,7 @@ static void on_clock_set(uv_poll_t *w, int status, int events) {
     return;
   clock_watch_arm(d->clock_fd);
   logf_(CP_LOG_INFO, "the wall clock was set: re-arming the timers");
-  for (size_t i = 0; i < d->n_ch; i++)
-    if (d->ch[i].armed)
-      timer_at(d, &d->ch[i].fire_timer, on_fire, d->ch[i].armed->fire_at);
+  fire_arm(d);
   uv_timer_start(&d->timer, on_timer, 0, 0); /* a scheduling pass at the new time */
   sample_schedule(d);
 }
@@ -1032,18 +1036,55 @@ static void fire(struct inflight *f) {
 
 static void on_timer(uv_timer_t *t);
 
-static void on_fire(uv_timer_t *t) {
-  struct channel *ch = t->data;
-  struct inflight *f = ch->armed;
-  /* The timer is a monotonic delay: if the wall clock stepped back meanwhile, the post's time
-   * has not come yet. Wait for the rest instead of leaving early. */
-  if (f && f->fire_at > wall_ms()) { /* ms timers can fire up to 1 ms early: never leave early */
-    timer_at(ch->d, &ch->fire_timer, on_fire, f->fire_at);
+/* Sends every armed post whose time has come, then arms the fire timer for the next one. */
+static void fire_due(struct daemon *d) {
+  int64_t now = wall_ms(); /* a timer fires at its time or later, never before it */
+  for (size_t i = 0; i < d->n_ch; i++) {
+    struct inflight *f = d->ch[i].armed;
+    if (f && f->fire_at <= now) {
+      d->ch[i].armed = NULL;
+      fire(f);
+    }
+  }
+  fire_arm(d);
+}
+
+static void on_fire_fd(uv_poll_t *w, int status, int events) {
+  struct daemon *d = w->data;
+  uint64_t n;
+  if (read(d->fire_fd, &n, sizeof n) < 0 && errno != EAGAIN && errno != ECANCELED)
+    logf_(CP_LOG_WARN, "fire timer: %s", strerror(errno));
+  fire_due(d);
+}
+
+static void on_fire_timer(uv_timer_t *t) {
+  fire_due(t->data);
+}
+
+/* Arms the fire timer for the earliest armed post: an absolute wall-clock time, so a step of
+ * the wall clock moves it too (and never lets a post leave early). */
+static void fire_arm(struct daemon *d) {
+  int64_t at = next_fire(d);
+  if (d->fire_fd < 0) {
+    if (at == INT64_MAX)
+      uv_timer_stop(&d->fire_timer);
+    else
+      timer_at(d, &d->fire_timer, on_fire_timer, at);
     return;
   }
-  ch->armed = NULL;
-  if (f)
-    fire(f);
+  struct itimerspec its = {0}; /* all zero: disarmed */
+  if (at != INT64_MAX) {
+    if (at <= 0)
+      at = 1; /* a zero it_value would disarm it */
+    its.it_value.tv_sec = (time_t)(at / 1000);
+    its.it_value.tv_nsec = (long)(at % 1000) * 1000000L;
+  }
+  if (timerfd_settime(d->fire_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0) {
+    logf_(CP_LOG_ERROR, "fire timer: %s; using a libuv timer", strerror(errno));
+    uv_poll_stop(&d->fire_watch);
+    d->fire_fd = -1;
+    fire_arm(d);
+  }
 }
 
 /* When the channel's configured rate (`rate = N/T`) lets a request start, with `pending`
@@ -1161,15 +1202,18 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     n = 0;
   }
   now = wall_ms();
+  bool armed = false;
   for (size_t i = 0; i < n; i++) {
     struct inflight *f = fired[i];
     if (f->fire_at > now) {
       f->ch->armed = f;
-      timer_at(d, &f->ch->fire_timer, on_fire, f->fire_at);
+      armed = true;
     } else {
       fire(f);
     }
   }
+  if (armed)
+    fire_arm(d);
   free(fired);
 }
 
@@ -1955,8 +1999,6 @@ static int start_channels(struct daemon *d) {
       return CP_ECONFIG;
     }
     ch->wake_ms = INT64_MAX;
-    uv_timer_init(d->loop, &ch->fire_timer);
-    ch->fire_timer.data = ch;
     ch->notify_only = cp_section_get(cc->section, "notify_only") != NULL;
     if (engagement_setting(d, ch) < 0)
       return CP_ECONFIG;
@@ -2122,6 +2164,15 @@ int cp_daemon_run(const char *config_path) {
     d->clock_watch.data = d;
     uv_poll_start(&d->clock_watch, UV_READABLE, on_clock_set);
   }
+  uv_timer_init(d->loop, &d->fire_timer);
+  d->fire_timer.data = d;
+  d->fire_fd = d->fire_fd_own = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (d->fire_fd >= 0 && uv_poll_init(d->loop, &d->fire_watch, d->fire_fd) == 0) {
+    d->fire_watch.data = d;
+    uv_poll_start(&d->fire_watch, UV_READABLE, on_fire_fd);
+  } else {
+    d->fire_fd = -1;
+  }
 
   /* Sources: watched and polled; their last good copies live in the state directory. */
   size_t n_src = 0;
@@ -2204,13 +2255,15 @@ out_loop:
                         (uv_handle_t *)&d->flush,      (uv_handle_t *)&d->flush_timer};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     close_own(own[i]);
-  for (size_t i = 0; i < d->n_ch; i++)
-    close_own((uv_handle_t *)&d->ch[i].fire_timer);
+  close_own((uv_handle_t *)&d->fire_timer);
+  close_own((uv_handle_t *)&d->fire_watch);
   close_own((uv_handle_t *)&d->sample_timer);
   close_own((uv_handle_t *)&d->clock_watch);
   uv_run(d->loop, UV_RUN_DEFAULT);
   if (d->clock_fd > 0)
     close(d->clock_fd);
+  if (d->fire_fd_own > 0)
+    close(d->fire_fd_own);
   for (size_t i = 0; i < d->n_ch; i++) {
     if (d->ch[i].conn && d->ch[i].inst)
       d->ch[i].conn->free(d->ch[i].inst);

@@ -803,6 +803,11 @@ int cp_http_request(struct cp_http *h, const struct cp_http_req *req, cp_http_cb
     return CP_ENOMEM;
   }
   DLIST_PUSH(h->active, r);
+  /* A new request starts in the next loop iteration, not a millisecond later: the 1 ms that
+   * on_timeout_change gives a "now" is for libcurl's own repeats (no busy loop), and a post's
+   * request is on its due time's critical path. */
+  if (uv_is_active((uv_handle_t *)&h->timer) && uv_timer_get_due_in(&h->timer) > 0)
+    uv_timer_start(&h->timer, on_timer, 0, 0);
   return 0;
 }
 

@@ -3,7 +3,8 @@
 # answers 200, logs the receive time of every request), and idle with a large queue. Prints a
 # markdown table with the targets beside the figures:
 #   1. due-to-request lateness p50/p99 of single posts (one webhook channel, one post a second:
-#      iCalendar due times are whole seconds), lateness = sink receive time - due time;
+#      iCalendar due times are whole seconds), lateness = sink receive time - due time, beside
+#      the machine's own wake-up lateness (wake_floor.c: the floor under it);
 #   2. time to publish a burst of posts due at the same second over many webhook channels,
 #      beside wrk's request rate against the same sink with the same body (the ceiling), with
 #      keep-alive and with a fresh connection per request (what the webhook does);
@@ -57,6 +58,7 @@ if [ ! -x "$CALPOST" ]; then
   CALPOST=$TMP/build/calpost
 fi
 gcc -O2 -o "$TMP/sink" "$HERE/daemon_sink.c" $(pkg-config --cflags --libs libh2o libuv) -lssl -lcrypto
+gcc -O2 -o "$TMP/wake_floor" "$HERE/wake_floor.c"
 HZ=$(getconf CLK_TCK)
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -151,6 +153,11 @@ EOF
   row "1. due-to-request lateness, $n/$N_SINGLE single posts on 1 webhook channel, p50 / p99 (max)" \
     "$p50 / $p99 ms ($pmax ms)" "p99 < 5 ms" "$(met "$p99 < 5 && $n == $N_SINGLE")"
   row "1. calpost CPU for those posts (whole run)" "$cpu s" "" ""
+  # The floor under those figures: how late this machine wakes a process that sleeps until an
+  # exact instant, with nothing else to do (wake_floor.c; 300 wake-ups 100 ms apart).
+  read -r f50 f99 fmax < <("$TMP/wake_floor" 300 100)
+  row "1. this machine's own wake-up lateness (clock_nanosleep to an instant, 300 times), p50 / p99 (max)" \
+    "$f50 / $f99 ms ($fmax ms)" "the floor" ""
 fi
 
 # ---- 2. a burst over many channels, and wrk's ceiling -------------------------------------
