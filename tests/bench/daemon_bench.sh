@@ -7,7 +7,8 @@
 #      the machine's own wake-up lateness (wake_floor.c: the floor under it);
 #   2. time to publish a burst of posts due at the same second over many webhook channels,
 #      beside wrk's request rate against the same sink with the same body (the ceiling), with
-#      keep-alive and with a fresh connection per request (what the webhook does);
+#      keep-alive and with a fresh connection per request (what POSTs without an idempotency
+#      key do; the webhook sends one and keeps its connections);
 #   3. wakeups (epoll_wait calls) and CPU time of the idle daemon with 100,000 pending posts;
 #   4. its peak RSS (VmHWM) once start-up has settled.
 # Self-contained: builds what it needs into a temp dir; every process it starts is stopped.
@@ -69,6 +70,20 @@ cpu_s() { awk -v hz="$HZ" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 ctxt() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n}'; }
+
+# cpu_ticks: "steal total" from /proc/stat. On a virtual machine the host may run other guests
+# on our CPUs ("steal"); timing figures taken while it does are the host's, so each timed part
+# prints the share of CPU time stolen while it ran.
+cpu_ticks() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat; }
+# steal_row PART "STEAL0 TOTAL0": adds the row with the steal share since that reading
+steal_row() {
+  local s0 t0 s1 t1
+  read -r s0 t0 <<<"$2"
+  read -r s1 t1 < <(cpu_ticks)
+  row "$1. CPU time the host stole from this VM during part $1 (/proc/stat steal)" \
+    "$(awk -v s=$((s1 - s0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.1f %%", t ? 100 * s / t : 0}')" \
+    "" ""
+}
 
 # start_sink LOG [BODY]: sets SINK_PID and SINK_PORT
 start_sink() {
@@ -134,6 +149,7 @@ met() { if awk "BEGIN {exit !($1)}"; then echo yes; else echo "**no**"; fi; }
 
 if [[ " $PARTS " == *" 1 "* ]]; then
   echo "part 1: $N_SINGLE single posts, one a second (about $((N_SINGLE + 5)) s)" >&2
+  ticks1=$(cpu_ticks)
   D=$TMP/single
   start_sink "$TMP/single.sink"
   first=$(($(date +%s) + 4))
@@ -158,12 +174,14 @@ EOF
   read -r f50 f99 fmax < <("$TMP/wake_floor" 300 100)
   row "1. this machine's own wake-up lateness (clock_nanosleep to an instant, 300 times), p50 / p99 (max)" \
     "$f50 / $f99 ms ($fmax ms)" "the floor" ""
+  steal_row 1 "$ticks1"
 fi
 
 # ---- 2. a burst over many channels, and wrk's ceiling -------------------------------------
 
 if [[ " $PARTS " == *" 2 "* ]]; then
   echo "part 2: $N_BURST posts due at once over $N_CH channels, then wrk $((2 * WRK_S)) s" >&2
+  ticks2=$(cpu_ticks)
   D=$TMP/burst
   start_sink "$TMP/burst.sink" "$TMP/body.json"
   due=$(($(date +%s) + 10))
@@ -214,8 +232,9 @@ EOF
     "≥ $((wrk_keep / 2))/s (half of wrk)" "$(met "$rate * 2 >= $wrk_keep && $n == $N_BURST")"
   row "2. calpost CPU during the burst" "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}') s (start-up $STARTUP_S s)" "" ""
   row "2. wrk -t2 -c100 -d${WRK_S}s, same sink and body, keep-alive (the ceiling)" "$wrk_keep req/s" "" ""
-  row "2. wrk, same, \`Connection: close\` (a fresh connection per request, as the webhook does)" \
+  row "2. wrk, same, \`Connection: close\` (a fresh connection per request, as calpost's POSTs without an idempotency key do; the webhook keeps its connections)" \
     "$wrk_close req/s" "" ""
+  steal_row 2 "$ticks2"
   if [ "$PROFILE" = 1 ]; then
     echo "== perf: calpost during the burst (self time)"
     perf_top "$TMP/burst.perf"
