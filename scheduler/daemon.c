@@ -872,6 +872,18 @@ static int64_t next_fire(struct daemon *d) {
   return t;
 }
 
+static void fire_due(struct daemon *d);
+
+/* The time the next armed post leaves, for the callbacks that wait until it has left before
+ * they sync to disk. An armed post whose time has passed leaves here first: its timerfd is
+ * served in the loop's I/O phase, after the timers, and a timer that waited for a time already
+ * past would run again at once, forever, and starve it. */
+static int64_t next_fire_after_overdue(struct daemon *d, int64_t now) {
+  if (next_fire(d) <= now)
+    fire_due(d);
+  return next_fire(d);
+}
+
 static void on_flush_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
   if (!uv_is_active((uv_handle_t *)&d->flush))
@@ -883,7 +895,7 @@ static void on_flush(uv_idle_t *h) {
   uv_idle_stop(&d->flush);
   /* Recording outcomes syncs to disk and blocks the loop: not while another post is about to
    * leave; right after it. */
-  int64_t now = wall_ms(), soon = next_fire(d);
+  int64_t now = wall_ms(), soon = next_fire_after_overdue(d, now);
   if (soon != INT64_MAX && soon - now < 50 && !d->stopping) {
     timer_at(d, &d->flush_timer, on_flush_timer, soon + 2);
     return;
@@ -1252,7 +1264,7 @@ static void on_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
   /* Claims sync to disk and block the loop; they run claim_ahead early, so they can wait until
    * a post that is about to leave has left. */
-  int64_t now = wall_ms(), soon = next_fire(d);
+  int64_t now = wall_ms(), soon = next_fire_after_overdue(d, now);
   if (soon != INT64_MAX && soon - now < 50) {
     timer_at(d, &d->timer, on_timer, soon + 2);
     return;
@@ -1435,7 +1447,7 @@ static void sample_schedule(struct daemon *d) {
 static void on_sample_timer(uv_timer_t *t) {
   struct daemon *d = t->data;
   /* Recording a sample syncs to disk: not while a post is about to leave. */
-  int64_t now = wall_ms(), soon = next_fire(d);
+  int64_t now = wall_ms(), soon = next_fire_after_overdue(d, now);
   if (soon != INT64_MAX && soon - now < 50) {
     timer_at(d, &d->sample_timer, on_sample_timer, soon + 2);
     return;
