@@ -795,14 +795,14 @@ static int sq_record_attempt(struct cp_store *s, const char *id, const struct cp
   /* The post moves on only from `sending`; if it is not, nothing is written and the error says
    * what it is. */
   int64_t next = r->next == CP_STORE_PENDING && r->retry_at_ms > 0 ? r->retry_at_ms : r->at_ms;
-  int n = run(q, "record attempt",
-              "UPDATE posts SET state = ?2, updated_ms = ?3, "
-              "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
-              "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
-              "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
-              "WHERE id = ?1 AND state = 'sending'",
-              "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id,
-              r->remote_url);
+  int n =
+      run(q, "record attempt",
+          "UPDATE posts SET state = ?2, updated_ms = ?3, "
+          "  next_ms = CASE WHEN ?2 = 'pending' THEN ?4 ELSE next_ms END, "
+          "  sent_ms = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_ms END, "
+          "  remote_id = coalesce(?5, remote_id), remote_url = coalesce(?6, remote_url) "
+          "WHERE id = ?1 AND state = 'sending'",
+          "ssiiss", id, cp_store_state_name(r->next), r->at_ms, next, r->remote_id, r->remote_url);
   err = n < 0 ? n : 0;
   if (n == 0) {
     enum cp_store_state state;
