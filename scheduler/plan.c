@@ -648,18 +648,26 @@ static void copy_wanted(const char *s, size_t len, char *dst, uint16_t *lines) {
   *o = 0;
 }
 
+/* buf (of *cap elements of size bytes) grown to hold n elements, and at least one and min_cap:
+ * the buffer to use from now on, or NULL when out of memory (buf is then unchanged). */
+static void *reserve(void *buf, size_t *cap, size_t n, size_t size, size_t min_cap) {
+  if (n <= *cap && buf)
+    return buf;
+  size_t nc = n > min_cap ? n : min_cap;
+  void *nb = realloc(buf, (nc ? nc : 1) * size);
+  if (nb)
+    *cap = nc;
+  return nb;
+}
+
 /* Parses s[0..len) with libical. lines: NULL to parse all of it, else only the wanted properties
  * (their lines are noted there). */
 static int parse_chunk_into(struct cp__plan_priv *p, const char *s, size_t len, uint16_t *lines,
                             icalcomponent **out) {
-  if (len + 1 > p->scratch_cap) {
-    size_t nc = len + 1 > 65536 ? len + 1 : 65536;
-    char *nb = realloc(p->scratch, nc);
-    if (!nb)
-      return CP_ENOMEM;
-    p->scratch = nb;
-    p->scratch_cap = nc;
-  }
+  char *scratch = reserve(p->scratch, &p->scratch_cap, len + 1, 1, 65536);
+  if (!scratch)
+    return CP_ENOMEM;
+  p->scratch = scratch;
   if (lines) {
     copy_wanted(s, len, p->scratch, lines);
   } else {
@@ -1810,13 +1818,10 @@ static int unspill_texts(struct cp__plan_priv *p, const struct psrc *ps, bool al
   uint32_t nm = get_u32(&c);
   if (c.bad || nm > p->rbuf.n)
     return -EIO;
-  if (nm > p->dec_media_cap) {
-    struct cp_media *m = realloc(p->dec_media, nm * sizeof *m);
-    if (!m)
-      return CP_ENOMEM;
-    p->dec_media = m;
-    p->dec_media_cap = nm;
-  }
+  struct cp_media *media = reserve(p->dec_media, &p->dec_media_cap, nm, sizeof *media, 0);
+  if (!media)
+    return CP_ENOMEM;
+  p->dec_media = media;
   for (uint32_t i = 0; i < nm; i++) {
     p->dec_media[i].src = (char *)get_str(&c);
     p->dec_media[i].alt = (char *)get_str(&c);
@@ -1824,13 +1829,10 @@ static int unspill_texts(struct cp__plan_priv *p, const struct psrc *ps, bool al
   uint32_t no = get_u32(&c);
   if (c.bad || no > p->rbuf.n)
     return -EIO;
-  if (no > p->dec_opts_cap) {
-    struct cp_post_option *v = realloc(p->dec_opts, no * sizeof *v);
-    if (!v)
-      return CP_ENOMEM;
-    p->dec_opts = v;
-    p->dec_opts_cap = no;
-  }
+  struct cp_post_option *opts = reserve(p->dec_opts, &p->dec_opts_cap, no, sizeof *opts, 0);
+  if (!opts)
+    return CP_ENOMEM;
+  p->dec_opts = opts;
   for (uint32_t i = 0; i < no; i++) {
     p->dec_opts[i].key = get_str(&c);
     p->dec_opts[i].value = get_str(&c);
