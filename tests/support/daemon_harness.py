@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -212,6 +213,28 @@ def header(req, name):
 
 def key_of(pid):
     return "calpost-" + pid
+
+
+# How much later than the client's start a test server may stamp a request: it stamps after
+# reading the whole request, and on a loaded machine (CI, the sanitizer build) that has lagged
+# libcurl's own start by more than 100 ms.
+SERVER_STAMP_LAG = 0.5
+
+
+def assert_resent_after_timeout(log, reqs, timeout_s, what="the request"):
+    """The resend in reqs[1] came only after the first request's timeout of timeout_s.
+
+    The exact check is libcurl's own clock, which the daemon logs with the failure ("timed out
+    after N milliseconds", counted from the transfer's start): N must be at least the timeout.
+    The server's stamps can only confirm it loosely (SERVER_STAMP_LAG), since the first stamp is
+    taken when the server has read the request, not when libcurl started it."""
+    took = [int(m) for m in re.findall(r"timed out after (\d+) milliseconds", log)]
+    assert took, "%s: no libcurl timeout in the daemon log" % what
+    assert min(took) >= timeout_s * 1000, "%s: libcurl gave up after %d ms, before the %g s " \
+        "timeout" % (what, min(took), timeout_s)
+    gap = reqs[1]["time"] - reqs[0]["time"]
+    assert gap >= timeout_s - SERVER_STAMP_LAG, "%s: resent %.3f s after the first request, " \
+        "before the %g s timeout" % (what, gap, timeout_s)
 
 
 class Daemon:
