@@ -8,7 +8,8 @@
 #   2. time to publish a burst of posts due at the same second over many webhook channels,
 #      beside wrk's request rate against the same sink with the same body (the ceiling), with
 #      keep-alive and with a fresh connection per request (what POSTs without an idempotency
-#      key do; the webhook sends one and keeps its connections);
+#      key do; the webhook sends one and keeps its connections), and beside what libcurl alone
+#      reaches the same way (curl_ceiling.c: the client calpost uses, doing nothing else);
 #   3. wakeups (epoll_wait calls) and CPU time of the idle daemon with 100,000 pending posts;
 #   4. its peak RSS (VmHWM) once start-up has settled.
 # Self-contained: builds what it needs into a temp dir; every process it starts is stopped.
@@ -60,6 +61,7 @@ if [ ! -x "$CALPOST" ]; then
 fi
 gcc -O2 -o "$TMP/sink" "$HERE/daemon_sink.c" $(pkg-config --cflags --libs libh2o libuv) -lssl -lcrypto
 gcc -O2 -o "$TMP/wake_floor" "$HERE/wake_floor.c"
+gcc -O2 -o "$TMP/curl_ceiling" "$HERE/curl_ceiling.c" -lcurl
 HZ=$(getconf CLK_TCK)
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -224,6 +226,9 @@ EOF
   wrk -t2 -c100 -d"${WRK_S}s" -s "$TMP/post.lua" "http://127.0.0.1:$SINK_PORT/hook/0" >"$TMP/wrk.keep"
   wrk -t2 -c100 -d"${WRK_S}s" -s "$TMP/post.lua" -H "Connection: close" \
     "http://127.0.0.1:$SINK_PORT/hook/0" >"$TMP/wrk.close"
+  # libcurl alone, the same way: 100 connections, the same body, nothing else done per request.
+  read -r curl_rate curl_us < <("$TMP/curl_ceiling" "http://127.0.0.1:$SINK_PORT/hook/0" \
+    "$TMP/body.json" 100 "$WRK_S")
   stop "$SINK_PID"
   wrk_keep=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$TMP/wrk.keep")
   wrk_close=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$TMP/wrk.close")
@@ -232,6 +237,8 @@ EOF
     "≥ $((wrk_keep / 2))/s (half of wrk)" "$(met "$rate * 2 >= $wrk_keep && $n == $N_BURST")"
   row "2. calpost CPU during the burst" "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}') s (start-up $STARTUP_S s)" "" ""
   row "2. wrk -t2 -c100 -d${WRK_S}s, same sink and body, keep-alive (the ceiling)" "$wrk_keep req/s" "" ""
+  row "2. libcurl alone, same sink and body, 100 connections, no other work (tests/bench/curl_ceiling.c)" \
+    "$curl_rate req/s, $curl_us µs of CPU per request" "" ""
   row "2. wrk, same, \`Connection: close\` (a fresh connection per request, as calpost's POSTs without an idempotency key do; the webhook keeps its connections)" \
     "$wrk_close req/s" "" ""
   steal_row 2 "$ticks2"
