@@ -211,12 +211,6 @@ struct daemon {
   int fire_fd_own; /* closed at exit */
   uv_poll_t fire_watch;
   uv_timer_t fire_timer;
-  /* The store's housekeeping (SQLite's WAL checkpoint: a copy and a sync of the database file)
-   * runs on libuv's thread pool, never inside a commit on the loop. */
-  uv_work_t hk_work;
-  bool hk_running;
-  int hk_rc;
-  char hk_err[256];
   int lock_fd;
   bool stopping;
   size_t n_inflight;
@@ -865,29 +859,6 @@ static void on_complete(const struct cp_publish_req *req, const struct cp_result
     uv_idle_start(&d->flush, on_flush);
 }
 
-static void hk_run(uv_work_t *w) {
-  struct daemon *d = w->data;
-  d->hk_rc = cp_store_housekeeping(d->store, d->hk_err, sizeof d->hk_err);
-}
-
-static void hk_done(uv_work_t *w, int status) {
-  struct daemon *d = w->data;
-  d->hk_running = false;
-  if (d->hk_rc < 0)
-    logf_(CP_LOG_WARN, "%s; it is tried again after the next commits", d->hk_err);
-}
-
-/* After commits: starts the store's housekeeping on a worker thread if it is due. */
-static void housekeeping(struct daemon *d) {
-  if (d->hk_running || d->stopping || !cp_store_housekeeping_due(d->store))
-    return;
-  d->hk_work.data = d;
-  if (uv_queue_work(d->loop, &d->hk_work, hk_run, hk_done) == 0)
-    d->hk_running = true;
-  else if (cp_store_housekeeping(d->store, d->hk_err, sizeof d->hk_err) < 0)
-    logf_(CP_LOG_WARN, "%s", d->hk_err); /* no thread: inline, as SQLite would have */
-}
-
 static bool pick_freed(struct channel *ch, int64_t now) {
   return ch->freed;
 }
@@ -952,7 +923,6 @@ static void on_flush(uv_idle_t *h) {
   }
   for (size_t i = 0; i < d->n_ch; i++)
     d->ch[i].freed = false;
-  housekeeping(d);
 }
 
 /* Records the outcome of one attempt (inside the flush batch). */
@@ -1257,7 +1227,6 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
   if (armed)
     fire_arm(d);
   free(fired);
-  housekeeping(d);
 }
 
 /* Arms the one timer for the earliest channel wake-up; nothing runs while idle. */
@@ -2178,7 +2147,6 @@ int cp_daemon_run(const char *config_path) {
     logf_(CP_LOG_ERROR, "state database: %s", err);
     goto out_loop;
   }
-  cp_store_defer_housekeeping(d->store);
   if (cp_http_init(d->loop, &d->http) < 0 || cp_connector_registry_new(&d->reg) < 0)
     goto out_loop;
   if (start_channels(d) < 0)

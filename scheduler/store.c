@@ -406,21 +406,3 @@ int cp_store_batch_end(struct cp_store *s, bool ok) {
   ENTER(s, NULL, false);
   return s->ops->batch_end(s, ok);
 }
-
-void cp_store_defer_housekeeping(struct cp_store *s) {
-  if (s && s->ops->defer_housekeeping)
-    s->ops->defer_housekeeping(s);
-}
-
-bool cp_store_housekeeping_due(struct cp_store *s) {
-  return s && s->ops->housekeeping_due && s->ops->housekeeping_due(s);
-}
-
-/* No ENTER: it would clear errmsg, which belongs to the owner's thread. */
-int cp_store_housekeeping(struct cp_store *s, char *errbuf, size_t errlen) {
-  if (errbuf && errlen)
-    errbuf[0] = 0;
-  if (!s)
-    return CP_EINVAL;
-  return s->ops->housekeeping ? s->ops->housekeeping(s, errbuf, errlen) : 0;
-}

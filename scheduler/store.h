@@ -273,19 +273,6 @@ int cp_store_skip_engagement(struct cp_store *s, const char *const *channels, si
 int cp_store_batch_begin(struct cp_store *s);
 int cp_store_batch_end(struct cp_store *s, bool ok);
 
-/* Housekeeping off the caller's thread. A backend may have work that is not part of any call
- * but must happen now and then, and can take long (SQLite: the WAL checkpoint, which copies the
- * log into the database file and syncs it; it once took half a second inside a commit).
- * cp_store_defer_housekeeping(s) says that the caller will run it itself: from then on the calls
- * above never do it inline. cp_store_housekeeping_due(s) says, without any I/O, whether it is
- * due (after some commits). cp_store_housekeeping(s) does it, and is the one function that may
- * run on another thread while the owner's thread goes on calling the others; never two at
- * once. It returns 0 or CP_E*, with its message in errbuf (not cp_store_errmsg, which belongs to
- * the owner's thread). A backend with nothing to do returns 0 and is never due. */
-void cp_store_defer_housekeeping(struct cp_store *s);
-bool cp_store_housekeeping_due(struct cp_store *s);
-int cp_store_housekeeping(struct cp_store *s, char *errbuf, size_t errlen);
-
 /* Daemon metadata (never secrets). get: CP_ENOTFOUND if absent, *value is the caller's. */
 /* Stores a connector's progress text for post id (durable when it returns, outside a batch). */
 int cp_store_set_progress(struct cp_store *s, const char *id, const char *progress);
@@ -343,10 +330,6 @@ struct cp_store_ops {
                            int64_t sampled_ms, const struct cp_store_engagement *counts);
   int (*skip_engagement)(struct cp_store *s, const char *const *channels, size_t n_channels,
                          const int64_t *ages_s, size_t n_ages, int64_t now_ms, size_t *skipped);
-  /* Optional (NULL: nothing to do). housekeeping must not touch what the other calls use. */
-  void (*defer_housekeeping)(struct cp_store *s);
-  bool (*housekeeping_due)(struct cp_store *s);
-  int (*housekeeping)(struct cp_store *s, char *errbuf, size_t errlen);
 };
 
 extern const struct cp_store_ops cp__store_sqlite_ops;

@@ -1,8 +1,8 @@
 /* The SQLite backend of the store: one WAL-mode file, calpost.db, in the state directory.
  *
  * Every SQLite return code is checked here and becomes CP_EDB (CP_EBUSY when the file stayed
- * locked) with sqlite3_errmsg() in the store's message. Prepared statements are kept per
- * connection (see struct sq): parsing the SQL cost more than running it. */
+ * locked) with sqlite3_errmsg() in the store's message. Statements are prepared per call: the
+ * daemon makes a few calls per post, and a cache would only add invalidation paths. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -33,17 +33,7 @@ struct sq {
     bool in_use;
   } cache[64];
   size_t n_cache;
-  /* Housekeeping (cp_store_defer_housekeeping): the WAL checkpoint runs on the caller's worker
-   * thread, on a connection of its own, instead of inside a commit. wal_pages is the size of the
-   * log after the last commit, set by the WAL hook (on the owner's thread, inside the commit). */
-  char *path;
-  bool deferred;
-  int wal_pages;
-  sqlite3 *hk_db; /* the worker's connection, opened at its first checkpoint */
 };
-
-/* Pages in the WAL after which a checkpoint is due: SQLite's own default for its inline one. */
-#define CHECKPOINT_PAGES 1000
 
 /* Schema migrations. Step i brings user_version from i to i + 1 in one transaction, and logs
  * itself in `migrations`. Append only: never edit a step that has shipped. */
@@ -496,66 +486,8 @@ static void sq_close(struct cp_store *s) {
    * be refused. */
   for (size_t i = 0; i < q->n_cache; i++)
     sqlite3_finalize(q->cache[i].st);
-  sqlite3_close(q->hk_db);
   sqlite3_close(q->db);
-  free(q->path);
   free(q);
-}
-
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages) {
-  struct sq *q = arg;
-  q->wal_pages = pages;
-  return SQLITE_OK;
-}
-
-/* Registering a WAL hook replaces SQLite's own (the inline checkpoint after a commit). */
-static void sq_defer_housekeeping(struct cp_store *s) {
-  struct sq *q = sq_of(s);
-  q->deferred = true;
-  sqlite3_wal_hook(q->db, on_wal_commit, q);
-}
-
-static bool sq_housekeeping_due(struct cp_store *s) {
-  struct sq *q = sq_of(s);
-  return q->deferred && q->wal_pages >= CHECKPOINT_PAGES;
-}
-
-/* A PASSIVE checkpoint on the worker's own connection: it copies what the log holds into the
- * database file and syncs it, without waiting for (or blocking) the owner's commits; the log
- * starts over at the owner's next commit once everything in it is copied. */
-static int sq_housekeeping(struct cp_store *s, char *errbuf, size_t errlen) {
-  struct sq *q = sq_of(s);
-  char scratch[256];
-  if (!errbuf || !errlen) {
-    errbuf = scratch;
-    errlen = sizeof scratch;
-  }
-  if (!q->deferred)
-    return 0;
-  int rc = SQLITE_OK;
-  if (!q->hk_db) {
-    rc = sqlite3_open_v2(q->path, &q->hk_db, SQLITE_OPEN_READWRITE, NULL);
-    if (rc == SQLITE_OK)
-      rc = sqlite3_busy_timeout(q->hk_db, BUSY_TIMEOUT_MS);
-    if (rc == SQLITE_OK)
-      rc = sqlite3_exec(q->hk_db, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-      snprintf(errbuf, errlen, "store: open %s for a checkpoint: %s", q->path,
-               q->hk_db ? sqlite3_errmsg(q->hk_db) : sqlite3_errstr(rc));
-      sqlite3_close(q->hk_db);
-      q->hk_db = NULL;
-      return CP_EDB;
-    }
-  }
-  int log = 0, done = 0;
-  rc = sqlite3_wal_checkpoint_v2(q->hk_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-  if ((rc & 0xff) == SQLITE_BUSY)
-    return 0; /* another process checkpoints: the next one catches up */
-  if (rc != SQLITE_OK) {
-    snprintf(errbuf, errlen, "store: checkpoint of %s: %s", q->path, sqlite3_errmsg(q->hk_db));
-    return CP_EDB;
-  }
-  return 0;
 }
 
 static int sq_open(const char *location, struct cp_store **out, char *errbuf, size_t errlen) {
@@ -583,8 +515,8 @@ static int sq_open(const char *location, struct cp_store **out, char *errbuf, si
     return err;
   }
   q->base.ops = &cp__store_sqlite_ops;
-  q->path = path;
   int rc = sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+  free(path);
   if (rc != SQLITE_OK) {
     err = dberr(q, rc, "open database");
     goto fail;
@@ -1451,7 +1383,4 @@ const struct cp_store_ops cp__store_sqlite_ops = {
     .next_engagement = sq_next_engagement,
     .record_engagement = sq_record_engagement,
     .skip_engagement = sq_skip_engagement,
-    .defer_housekeeping = sq_defer_housekeeping,
-    .housekeeping_due = sq_housekeeping_due,
-    .housekeeping = sq_housekeeping,
 };

@@ -1,6 +1,5 @@
 /* The durable queue against real SQLite files in a temporary directory. */
 #include <errno.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1020,112 +1019,6 @@ static void engagement_among_many_posts(void **state) {
   free(plan);
 }
 
-/* ---- housekeeping off the owner's thread ----------------------------------------------------- */
-
-static off_t file_size(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 ? st.st_size : -1;
-}
-
-struct hk_arg {
-  struct cp_store *s;
-  int rc;
-  char err[256];
-};
-
-static void *hk_thread(void *p) {
-  struct hk_arg *a = p;
-  a->rc = cp_store_housekeeping(a->s, a->err, sizeof a->err);
-  return NULL;
-}
-
-/* Sends posts first..last-1 (ids from their index) in batches of 10, as the daemon does. */
-static void send_range(struct cp_store *s, int first, int last) {
-  for (int i = first; i < last; i += 10) {
-    assert_int_equal(cp_store_batch_begin(s), 0);
-    for (int j = i; j < last && j < i + 10; j++) {
-      char id[17];
-      snprintf(id, sizeof id, "%016x", j);
-      bool claimed = false;
-      assert_int_equal(cp_store_mark_sending(s, id, NOW, &claimed), 0);
-      assert_true(claimed);
-      struct cp_store_result r = {.at_ms = NOW, .outcome = CP_OUTCOME_OK, .next = CP_STORE_SENT};
-      assert_int_equal(cp_store_record_attempt(s, id, &r), 0);
-    }
-    assert_int_equal(cp_store_batch_end(s, true), 0);
-  }
-}
-
-static int64_t count_sent(const char *db) {
-  sqlite3 *h;
-  assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-  sqlite3_stmt *st;
-  assert_int_equal(
-      sqlite3_prepare_v2(h, "SELECT count(*) FROM posts WHERE state = 'sent'", -1, &st, NULL),
-      SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  int64_t n = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  assert_int_equal(sqlite3_prepare_v2(h, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
-  sqlite3_finalize(st);
-  sqlite3_close(h);
-  return n;
-}
-
-/* With housekeeping deferred, no commit checkpoints (the database file does not change while
- * the log grows past SQLite's own threshold) and it comes due; a checkpoint on another thread
- * runs beside the owner's commits, copies the log into the file, the log starts over, and
- * nothing is lost. */
-static void housekeeping_runs_beside_commits(void **state) {
-  struct fixture *f = *state;
-  f->s = open_store(f);
-  enum { N = 4000 };
-  struct cp_store_item *plan = calloc(N, sizeof *plan);
-  assert_non_null(plan);
-  for (int i = 0; i < N; i++) {
-    plan[i] = item("0", i % 2 ? "a" : "b", NOW + i, CP_POST_SCHEDULED, 'h');
-    snprintf(plan[i].id, sizeof plan[i].id, "%016x", i);
-  }
-  reconcile(f->s, plan, N, false);
-  free(plan);
-  char err[256];
-  assert_int_equal(cp_store_housekeeping(f->s, err, sizeof err), 0); /* not deferred: no-op */
-  cp_store_defer_housekeeping(f->s);
-  assert_false(cp_store_housekeeping_due(f->s));
-  send_range(f->s, 0, 10); /* the log starts over after reconcile's commit */
-  off_t db_before = file_size(f->db);
-  int sent = 10;
-  while (!cp_store_housekeeping_due(f->s) && sent < 2000) {
-    send_range(f->s, sent, sent + 50);
-    sent += 50;
-  }
-  assert_true(cp_store_housekeeping_due(f->s));
-  assert_true(sent < 2000);
-  /* SQLite's own checkpoint would have run at 1000 pages: deferred, none did. */
-  assert_int_equal(file_size(f->db), db_before);
-
-  struct hk_arg a = {.s = f->s};
-  pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, hk_thread, &a), 0);
-  send_range(f->s, sent, sent + 200); /* the owner goes on committing meanwhile */
-  sent += 200;
-  assert_int_equal(pthread_join(t, NULL), 0);
-  if (a.rc != 0)
-    fail_msg("housekeeping: %s (%s)", a.err, cp_err_name(a.rc));
-  assert_true(file_size(f->db) > db_before); /* the log was copied into the file */
-  /* What the commits during the checkpoint added is copied by the next one; then the log
-   * starts over at the next commit and is no longer due. */
-  assert_int_equal(cp_store_housekeeping(f->s, err, sizeof err), 0);
-  send_range(f->s, sent, sent + 10);
-  sent += 10;
-  assert_false(cp_store_housekeeping_due(f->s));
-  assert_int_equal(count_sent(f->db), sent);
-  reopen(f);
-  assert_int_equal(count_sent(f->db), sent);
-}
-
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -1156,7 +1049,6 @@ int main(void) {
       T(late_engagement_samples_are_skipped),
       T(sample_ages_count_from_the_ok_attempt),
       T(engagement_among_many_posts),
-      T(housekeeping_runs_beside_commits),
       cmocka_unit_test(item_hash_follows_published_content),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
