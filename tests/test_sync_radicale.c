@@ -64,7 +64,7 @@ static long dav(struct fixture *f, const char *method, const char *path, const c
   curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
   /* Any name will do (auth none); Radicale creates the user's principal collection for it. */
   curl_easy_setopt(e, CURLOPT_USERPWD, "editor:x");
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 5000L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, testserver_discard);
   if (body) {
     h = curl_slist_append(h, "Content-Type: text/calendar; charset=utf-8");
@@ -164,6 +164,10 @@ static void run_for(struct fixture *f, uint64_t ms) {
   uv_run(&f->loop, UV_RUN_NOWAIT);
 }
 
+/* How long a wait may last before the test gives up: only an upper bound (each wait ends as soon
+ * as its event happens), generous because Radicale shares a loaded CI machine. */
+#define WAIT_MS 30000
+
 static void wait_for(struct fixture *f, const int *counter, int n, uint64_t timeout_ms) {
   uint64_t start = uv_now(&f->loop);
   while (*counter < n && uv_now(&f->loop) - start < timeout_ms)
@@ -195,6 +199,15 @@ static struct cp_sync_info info_of(struct fixture *f, const char *source) {
   return i;
 }
 
+/* Runs the loop until source has been fetched n more times than before (up to WAIT_MS); returns
+ * how long that took by the real clock. */
+static uint64_t wait_fetches(struct fixture *f, const char *source, uint64_t before, uint64_t n) {
+  uint64_t t0 = uv_hrtime();
+  while (info_of(f, source).fetches < before + n && (uv_hrtime() - t0) / 1000000 < WAIT_MS)
+    run_for(f, 10);
+  return (uv_hrtime() - t0) / 1000000;
+}
+
 static void caldav_collection_sync(void **state) {
   struct fixture *f = *state;
   char url[128], ev[512];
@@ -210,7 +223,7 @@ static void caldav_collection_sync(void **state) {
                            .state_dir = f->root,
                            .poll_interval_ms = 250,
                            .max_size = 1024 * 1024,
-                           .timeout_ms = 5000,
+                           .timeout_ms = WAIT_MS,
                            .allow_loopback_http = true,
                            .changed = on_changed,
                            .failed = on_failed,
@@ -219,7 +232,7 @@ static void caldav_collection_sync(void **state) {
   assert_int_equal(cp_sync_start(&o, &src, 1, &f->sync), 0);
 
   /* The first fetch: the whole collection as one calendar. */
-  wait_for(f, &f->changed, 1, 5000);
+  wait_for(f, &f->changed, 1, WAIT_MS);
   if (f->failed)
     fail_msg("failed: %s", f->why);
   assert_int_equal(f->changed, 1);
@@ -230,10 +243,13 @@ static void caldav_collection_sync(void **state) {
   assert_int_equal(cp_sync_accept(f->sync, url), 0);
 
   /* Unchanged polls: Radicale answers 200 (it ignores If-None-Match), the ETag says "same". */
+  /* Three more polls, at the configured interval, never sooner (a loaded machine can only make
+   * them later; 10 ms for timer granularity). */
   struct cp_sync_info before = info_of(f, url);
-  run_for(f, 1200);
+  uint64_t took = wait_fetches(f, url, before.fetches, 3);
   struct cp_sync_info after = info_of(f, url);
   assert_true(after.fetches >= before.fetches + 3);
+  assert_true(took + 10 >= 2 * 250);
   assert_int_equal(after.not_modified, 0);
   assert_int_equal(after.same_etag - before.same_etag, after.fetches - before.fetches);
   assert_int_equal(after.same_content, 0); /* the body was never examined */
@@ -243,7 +259,7 @@ static void caldav_collection_sync(void **state) {
   /* A new event in the collection: the next poll announces it. */
   event(ev, sizeof ev, "teaser@calpost.test", "Teaser");
   assert_int_equal(dav(f, "PUT", "/editor/posts/teaser.ics", ev), 201);
-  wait_for(f, &f->changed, 2, 5000);
+  wait_for(f, &f->changed, 2, WAIT_MS);
   assert_int_equal(f->changed, 2);
   body = read_candidate(f, url);
   assert_non_null(strstr(body, "UID:launch@calpost.test"));
@@ -253,7 +269,7 @@ static void caldav_collection_sync(void **state) {
 
   /* A deleted event too. */
   assert_int_equal(dav(f, "DELETE", "/editor/posts/launch.ics", NULL), 200);
-  wait_for(f, &f->changed, 3, 5000);
+  wait_for(f, &f->changed, 3, WAIT_MS);
   assert_int_equal(f->changed, 3);
   body = read_candidate(f, url);
   assert_null(strstr(body, "UID:launch@calpost.test"));
