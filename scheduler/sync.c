@@ -107,6 +107,8 @@ struct cp_sync {
   size_t n_remote;
   struct cp_http *http; /* only with remote sources */
   uv_timer_t poll;
+  bool refresh; /* the next poll was asked for (cp_sync_refresh): it also follows a fetch in flight
+                 */
   bool stopping;
   int pending_closes;
   void (*done)(void *arg);
@@ -799,12 +801,19 @@ static void fetch(struct source *src) {
     return;
   }
   src->in_flight = true;
+  src->info.starts++;
+  src->info.last_start = uv_now(s->opts.loop);
 }
 
+/* A timed poll that finds the source's fetch still in flight leaves it be: that fetch is this
+ * interval's, and starting another as soon as it ends would poll sooner than the interval. An
+ * asked-for one fetches again when the one in flight ends, which may have read an older copy. */
 static void on_poll(uv_timer_t *t) {
   struct cp_sync *s = t->data;
+  bool asked = s->refresh;
+  s->refresh = false;
   for (size_t i = 0; i < s->n && !s->stopping; i++)
-    if (s->src[i].kind == KIND_REMOTE)
+    if (s->src[i].kind == KIND_REMOTE && (asked || !s->src[i].in_flight))
       fetch(&s->src[i]);
 }
 
@@ -1136,8 +1145,10 @@ void cp_sync_refresh(struct cp_sync *s) {
       uv_timer_start(&src->debounce, on_debounce, 0, 0);
     }
   }
-  if (s->n_remote)
+  if (s->n_remote) {
+    s->refresh = true;
     uv_timer_start(&s->poll, on_poll, 0, (uint64_t)s->opts.poll_interval_ms);
+  }
 }
 
 void cp_sync_stop(struct cp_sync *s, void (*done)(void *arg), void *arg) {

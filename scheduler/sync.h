@@ -79,6 +79,9 @@ int cp_sync_good_path(struct cp_sync *s, const char *source, char *buf, size_t l
 /* What happened to one source (for `calpost status` and tests). Counters start at 0. */
 struct cp_sync_info {
   uint64_t fetches;      /* remote: requests completed */
+  uint64_t starts;       /* remote: requests started */
+  uint64_t last_start;   /* remote: uv_now() of the loop when the newest request started; polls
+                          * start at least poll_interval_ms apart on this clock */
   uint64_t not_modified; /* remote: 304 answers */
   uint64_t same_etag;    /* remote: 200 answers with the stored ETag (body not examined) */
   uint64_t same_content; /* fetched or re-read bytes equal to the copy the daemon reads */
