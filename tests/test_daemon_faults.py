@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
-from daemon_harness import (CALPOST, Event, assert_resent_after_timeout, key_of,  # noqa: E402
+from daemon_harness import (CALPOST, SCALE, Event, assert_resent_after_timeout, key_of,  # noqa: E402
                             next_second, run_tests, sleep_until, wait_for)
 from faultserver import FaultServer, fault_env  # noqa: E402
 
@@ -39,6 +39,11 @@ FINAL = ("sent", "failed", "missed", "unknown", "skipped", "cancelled")
 def settle_quietly(seconds=1.0):
     """Lets time pass to show that nothing more arrives: absence cannot be polled."""
     sleep_until(time.time() + seconds)
+
+
+# The spacing of posts where the test applies a fault after one post went out and before the next
+# is claimed (0.5 s before it is due): the test's own steps take longer in a slow build.
+GAP = 2 * SCALE
 
 
 def one_post(ctx, script, channel_keys=None, settings=None, lead=1.5, default=None):
@@ -72,7 +77,7 @@ def delivered_ok(reqs, stalled=False):
     """Requests the receiver processed and answered 2xx; stalled=True leaves out the requests
     whose answer was held back past the client's timeout (the client never saw it)."""
     return [r for r in reqs if r["status"] is not None and 200 <= r["status"] < 300 and
-            not (stalled and r["fault"] == "delay")]
+            not (stalled and r["fault"] in ("delay", "hold"))]
 
 
 def assert_sent_once_with_one_key(env, pid, what, stalled=False):
@@ -135,15 +140,19 @@ def status_while_in_flight(env, pid, what):
 
 
 def test_stall_past_the_timeout_status_answers_then_resent_and_sent(ctx):
-    env, pid = one_post(ctx, [{"delay": 8}], channel_keys={"timeout": "5s"})
+    # The first answer is held until the test releases it, after the resend. The timeout is
+    # scaled: the three status calls must end before it, however slow the build.
+    timeout = round(5 * SCALE)
+    env, pid = one_post(ctx, [{"hold": 120}], channel_keys={"timeout": "%ds" % timeout})
     d = env.start()
     env.wait_requests(1, 15, path="/a")
     took = status_while_in_flight(env, pid, "stall")
     assert final_state(env, pid, 40) == "sent", env.states()
+    env.server.release()
     settle_quietly(0.5)
     reqs = assert_sent_once_with_one_key(env, pid, "stall", stalled=True)
     assert len(reqs) == 2, [r["status"] for r in reqs]
-    assert_resent_after_timeout(env.logs(), reqs, 5.0, "stall")
+    assert_resent_after_timeout(env.logs(), reqs, float(timeout), "stall")
     assert outcomes(env, pid) == [("unknown", 0), ("ok", 200)], outcomes(env, pid)
     print("status during a stalled request: %s s" % ", ".join("%.3f" % t for t in took))
     still_alive_then_stop(d)
@@ -151,11 +160,14 @@ def test_stall_past_the_timeout_status_answers_then_resent_and_sent(ctx):
 
 def test_drip_fed_answer_within_the_timeout_is_read_whole(ctx):
     answer = {"id": "drip-7", "url": "https://example.org/p/7"}
-    env, pid = one_post(ctx, [{"json": answer, "drip": {"chunk": 2, "interval": 0.1}}],
-                        channel_keys={"timeout": "8s"})
+    # Held until the status calls are done, then dripped: 2.5 s of body, well within 30 s.
+    env, pid = one_post(ctx, [{"json": answer, "hold": 60,
+                               "drip": {"chunk": 2, "interval": 0.1}}],
+                        channel_keys={"timeout": "30s"})
     d = env.start()
     env.wait_requests(1, 15, path="/a")
     status_while_in_flight(env, pid, "drip")
+    env.server.release()
     assert final_state(env, pid, 30) == "sent", env.states()
     settle_quietly(0.5)
     reqs = assert_sent_once_with_one_key(env, pid, "drip within the timeout")
@@ -444,8 +456,8 @@ def test_full_disk_holds_claims_says_why_and_recovers(ctx):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", env.state_dir], check=True)
     filler = None
     try:
-        T = next_second(1.5)
-        events = [Event("f%d" % i, T + 2 * i, "full disk %d" % i) for i in range(4)]
+        T = next_second(1.5 * SCALE)
+        events = [Event("f%d" % i, T + GAP * i, "full disk %d" % i) for i in range(4)]
         env.write_plan(events)
         pids = [env.pid(e.uid) for e in events]
         d = env.start()
@@ -453,7 +465,7 @@ def test_full_disk_holds_claims_says_why_and_recovers(ctx):
         filler = fill(env.state_dir)
         t_full = time.time()
         d.wait_log("disk is full", 15)
-        sleep_until(T + 2 * 3 + 1)  # every post is due by now
+        sleep_until(T + GAP * 3 + 1)  # every post is due by now
         assert d.proc.poll() is None, "the daemon died on a full disk:\n" + d.log()[-3000:]
         assert_sent_means_delivered(env)
         early = [r["json"]["uid"] for r in env.server.requests() if r["time"] > t_full]
@@ -531,8 +543,8 @@ def test_state_files_made_immutable_while_running(ctx):
     """`chattr +i` on the database, its WAL and the state directory (root ignores chmod): claims
     fail, nothing is sent, the log says why; once writable again the posts go out."""
     env = fault_env(ctx, settings=dict(SETTINGS))
-    T = next_second(1.5)
-    events = [Event("i%d" % i, T + 2 * i, "read-only %d" % i) for i in range(3)]
+    T = next_second(1.5 * SCALE)
+    events = [Event("i%d" % i, T + GAP * i, "read-only %d" % i) for i in range(3)]
     env.write_plan(events)
     pids = [env.pid(e.uid) for e in events]
     files = [env.db, env.db + "-wal", env.state_dir]
@@ -545,7 +557,7 @@ def test_state_files_made_immutable_while_running(ctx):
             return
         t_ro = time.time()
         d.wait_log("cannot save the claims", 15)
-        sleep_until(T + 2 * 2 + 1)
+        sleep_until(T + GAP * 2 + 1)
         assert d.proc.poll() is None, "the daemon died:\n" + d.log()[-3000:]
         assert not [r for r in env.server.requests() if r["time"] > t_ro], "sent without a claim"
         assert env.status()["state"] == "running"
@@ -585,8 +597,8 @@ def test_file_size_limit_on_the_daemon(ctx):
     """RLIMIT_FSIZE (what a full quota or `ulimit -f` gives): writes past the limit fail with
     EFBIG, and the kernel sends SIGXFSZ, which kills a process that does not ignore it."""
     env = fault_env(ctx, settings=dict(SETTINGS))
-    T = next_second(1.5)
-    events = [Event("z%d" % i, T + 2 * i, "size limit %d" % i) for i in range(3)]
+    T = next_second(1.5 * SCALE)
+    events = [Event("z%d" % i, T + GAP * i, "size limit %d" % i) for i in range(3)]
     env.write_plan(events)
     pids = [env.pid(e.uid) for e in events]
     d = env.start()
@@ -598,7 +610,7 @@ def test_file_size_limit_on_the_daemon(ctx):
     t_limit = time.time()
     wait_for(lambda: d.proc.poll() is not None or "cannot save" in d.log(), 15,
              "the daemon to hit the file size limit")
-    sleep_until(T + 2 * 2 + 1)
+    sleep_until(T + GAP * 2 + 1)
     assert_sent_means_delivered(env)
     assert not [r for r in env.server.requests() if r["time"] > t_limit], "sent without a claim"
     # calpost ignores SIGXFSZ: the write fails with EFBIG, "cannot save the claims" is logged,

@@ -15,6 +15,9 @@ chunked, delay, reset, path, repeat), plus the faults testserver.py cannot make:
     truncate      n: announce the whole body's Content-Length, send only n bytes, then close
     raw           text sent verbatim instead of an HTTP answer (e.g. "SMTP ready\\r\\n"), then
                   the connection is closed
+    hold          s: after reading the request, answer nothing until POST /__control/release
+                  (or s seconds pass); then the rest of the spec (drip, delay, ...) applies. A
+                  test can then act while the request is surely in flight, however slow it is
 
 Every logged request has, besides testserver.py's fields, "fault" (the name of the fault it got,
 or null) and "delivered" (false only for reset_before: the request was not processed).
@@ -76,8 +79,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and self.path == "/__control/script":
             state.load(json.loads(body or b"[]"))
             answer = {"ok": True}
+        elif self.command == "POST" and self.path == "/__control/release":
+            self.server.release.set()
+            answer = {"ok": True}
         elif self.command == "POST" and self.path == "/__control/reset":
             state.reset()
+            self.server.release.clear()
             with self.server.seen_lock:
                 self.server.seen.clear()
             answer = {"ok": True}
@@ -135,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         fault = None
         if not scripted:
             spec, fault = self._random_fault(self.headers.get("Idempotency-Key"), spec)
-        for name in ("reset_before", "drip", "truncate", "raw", "reset", "delay"):
+        for name in ("reset_before", "drip", "truncate", "raw", "reset", "delay", "hold"):
             if spec.get(name) and fault is None:
                 fault = name
         if spec.get("reset_before"):
@@ -145,6 +152,8 @@ class Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         body = self.rfile.read(int(length)) if length else b""
         self._record(body, spec, fault, True)
+        if spec.get("hold"):
+            self.server.release.wait(float(spec["hold"]))
         if spec.get("delay"):
             time.sleep(float(spec["delay"]))
         if spec.get("reset"):
@@ -230,6 +239,7 @@ def main():
     server.fail_share = args.fail_share
     server.seen = {}
     server.seen_lock = threading.Lock()
+    server.release = threading.Event()
 
     def stop(*_):
         os._exit(0)
@@ -268,6 +278,10 @@ class FaultServer(_harness().TestServer):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.port = int(self.proc.stdout.readline())
         self.base = "http://%s:%d" % (bind, self.port)
+
+    def release(self):
+        """Lets the answers held by "hold" specs go (and any later ones, until a reset)."""
+        self._control("/__control/release", {})
 
 
 class EnvDaemon(_harness().Daemon):
