@@ -1174,6 +1174,9 @@ static struct inflight *schedule_channel(struct daemon *d, struct channel *ch, i
   return f;
 }
 
+/* How late saving the claims must make a post before the log says so. */
+#define SLOW_CLAIM_MS 50
+
 /* Schedules the channels for which pick() is true: one batch (one disk sync) claims every due
  * post, then the requests leave. in_batch: the caller's batch is open (it holds outcomes to
  * save with the claims) and is ended here. */
@@ -1187,6 +1190,7 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
     return;
   }
   bool batch = in_batch || cp_store_batch_begin(d->store) == 0;
+  int64_t began = now;
   for (size_t i = 0; i < d->n_ch; i++)
     if (pick(&d->ch[i], now)) {
       struct inflight *f = schedule_channel(d, &d->ch[i], now);
@@ -1217,6 +1221,13 @@ static void schedule_where(struct daemon *d, bool (*pick)(struct channel *ch, in
   bool armed = false;
   for (size_t i = 0; i < n; i++) {
     struct inflight *f = fired[i];
+    /* Say so when saving the claims is what makes a post late (it was not due when the save
+     * began; a disk that stalls for longer than claim_ahead): the remedy is a longer one. */
+    if (f->fire_at > began && now - f->fire_at >= SLOW_CLAIM_MS)
+      logf_(CP_LOG_WARN,
+            "post %s on %s leaves %" PRId64 " ms after its time: saving the claims took %" PRId64
+            " ms (claim_ahead is %" PRId64 " ms; raise it if the disk is often this slow)",
+            f->post.id, f->ch->conf->name, now - f->fire_at, now - began, d->claim_ahead_ms);
     if (f->fire_at > now) {
       f->ch->armed = f;
       armed = true;

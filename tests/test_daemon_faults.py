@@ -18,6 +18,7 @@ chmod does not stop root). Where mounting is not permitted they print SKIP and p
     /usr/bin/python3 tests/test_daemon_faults.py [TEST_NAME ...]     (CALPOST=build/calpost)"""
 
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -446,6 +447,75 @@ def assert_sent_means_delivered(env):
     for pid, state in env.states().items():
         if state == "sent":
             assert key_of(pid) in ok_keys, "post %s is sent but was never delivered" % pid
+
+
+SLOWSYNC = os.environ.get("CP_SLOWSYNC", "")
+
+
+def slow_disk_env(ctx, claim_ahead_ms):
+    """A FaultEnv whose daemons preload the slowsync shim (tests/support/slowsync): every disk
+    sync takes longer, by the milliseconds written in the file returned second, while it exists."""
+    assert os.path.exists(SLOWSYNC), "CP_SLOWSYNC (%r) is missing: build the tests" % SLOWSYNC
+    s = dict(SETTINGS)
+    s["claim_ahead"] = "%dms" % claim_ahead_ms
+    env = fault_env(ctx, settings=s)
+    flag = os.path.join(env.dir, "slowsync")
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    env.daemon_env.update({"LD_PRELOAD": SLOWSYNC, "CP_SLOWSYNC_FLAG": flag,
+                           # the sanitizer build wants its runtime first; the shim wraps fsync
+                           "ASAN_OPTIONS": (asan + ":" if asan else "") +
+                           "verify_asan_link_order=0"})
+    return env, flag
+
+
+def test_slow_claim_sync_is_logged_and_claim_ahead_absorbs_it(ctx):
+    """README "Exactly once": claims are saved claim_ahead before the due time, so that a slow
+    disk cannot delay the post. A disk sync stalled past claim_ahead makes the post late, and the
+    log says why and what to change; with a claim_ahead longer than the stall it leaves on time.
+    claim_ahead is 1 s x scale here, not the default 0.5 s: the claim must begin before the post
+    is due (else it is late for another reason, and rightly not logged as a slow save), and a
+    slow build can wake that much late."""
+    ahead = round(1000 * SCALE)
+    stall = ahead + 1000  # ms: the claim's sync ends at least 1 s after the due time
+    env, flag = slow_disk_env(ctx, ahead)
+    T = next_second(ahead / 1000 + 4 * SCALE)
+    env.write_plan([Event("s1", T, "claimed on a slow disk", ["a"])])
+    pid = env.pid("s1")
+    d = env.start()
+    with open(flag, "w") as f:
+        f.write(str(stall))
+    assert time.time() < T - ahead / 1000, "the test was too slow to stall the disk first"
+    d.wait_log("leaves", 30)
+    os.unlink(flag)
+    assert final_state(env, pid) == "sent", env.states()
+    reqs = assert_sent_once_with_one_key(env, pid, "slow claim")
+    # The claim began at T - ahead at the earliest, and its sync took `stall` more.
+    assert reqs[0]["time"] >= T + (stall - ahead) / 1000 - 0.01, reqs[0]["time"] - T
+    m = re.search(r"post %s on a leaves (\d+) ms after its time: saving the claims took (\d+) "
+                  r"ms \(claim_ahead is %d ms; raise it" % (pid, ahead), d.log())
+    assert m, d.log()
+    late, took = int(m.group(1)), int(m.group(2))
+    assert late >= stall - ahead - 10 and took >= stall, (late, took)
+    still_alive_then_stop(d)
+
+    # claim_ahead longer than the stall by 1.5 s x scale, the same stall from before the claim
+    # until the post is sent: on time, nothing logged.
+    ahead = stall + round(1500 * SCALE)
+    env, flag = slow_disk_env(ctx, ahead)
+    T = next_second(ahead / 1000 + 4 * SCALE)
+    env.write_plan([Event("s2", T, "claimed early on a slow disk", ["a"])])
+    pid = env.pid("s2")
+    d = env.start()
+    with open(flag, "w") as f:
+        f.write(str(stall))
+    assert time.time() < T - ahead / 1000, "the test was too slow to stall the disk first"
+    assert final_state(env, pid) == "sent", env.states()
+    os.unlink(flag)
+    reqs = assert_sent_once_with_one_key(env, pid, "early claim")
+    # Well before a claim saved at the due time could have let it go (`stall` late).
+    assert T - 0.01 <= reqs[0]["time"] < T + stall / 2000, (reqs[0]["time"] - T, stall)
+    assert "leaves" not in d.log(), d.log()
+    still_alive_then_stop(d)
 
 
 def test_full_disk_holds_claims_says_why_and_recovers(ctx):

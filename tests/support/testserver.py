@@ -202,6 +202,7 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # Python's default of 5 stalls a client that opens many at once
 
     def handle_error(self, request, client_address):
         pass  # a client that hung up mid-answer is expected here, not an error
