@@ -34,13 +34,14 @@ WRONG = "wrong-" + os.urandom(16).hex()
 WEIRD = 'we"ird\\name'  # a channel name that needs escaping in a label value
 
 
-def control_env(ctx, channels, token=TOKEN, listen="127.0.0.1:0", token_mode=0o600, extra=""):
+def control_env(ctx, channels, token=TOKEN, listen="127.0.0.1:0", token_mode=0o600, extra="",
+                settings=None):
     lines = ["[control]"]
     if listen is not None:
         lines.append("listen = %s" % listen)
     if token is not None:
         lines.append("token_file = control.token")
-    env = ctx.env(channels=channels, extra="\n".join(lines) + "\n" + extra)
+    env = ctx.env(channels=channels, extra="\n".join(lines) + "\n" + extra, settings=settings)
     if token is not None:
         path = os.path.join(env.dir, "control.token")
         with open(path, "w") as f:
@@ -199,7 +200,9 @@ def test_dashboard_session_cookie_reads_but_cannot_act(ctx):
 # --- 2. /metrics, /v1/posts and /v1/report against a scripted scenario ---------------------------
 
 def test_metrics_posts_and_report_match_the_scenario(ctx):
-    env = control_env(ctx, {"a": {}, "b": {}, "c": {"rate": "1/1h"}})
+    # Grace 10 min: c2, held by c's rate, must stay pending while the test looks (with the
+    # harness's 5 s, a slow run saw it missed).
+    env = control_env(ctx, {"a": {}, "b": {}, "c": {"rate": "1/1h"}}, settings={"grace": "10m"})
     # A channel whose name needs escaping in a label value; it has no posts.
     env.channels[WEIRD] = {"url": env.server.url("/weird")}
     env.write_config()
@@ -357,7 +360,9 @@ def test_off_loop_answers_survive_clients_that_leave_and_a_stop(ctx):
     # /metrics, /v1/report and /v1/feed.ics are built on the thread pool. Clients that hang up
     # before the answer, and a SIGTERM while answers are being built, must neither crash the
     # daemon (the ASan build runs this too) nor keep it from stopping.
-    env = control_env(ctx, {"a": {}})
+    # Grace 10 min: twenty posts due at once on one channel go one after another (a loaded run
+    # had four of them past the harness's 5 s).
+    env = control_env(ctx, {"a": {}}, settings={"grace": "10m"})
     T = next_second(2)
     env.write_plan([Event("p%d" % i, T, "post %d" % i, ["a"]) for i in range(20)])
     d = env.start()

@@ -468,6 +468,20 @@ def slow_disk_env(ctx, claim_ahead_ms):
     return env, flag
 
 
+def one_post_on_a_stalled_disk(ctx, ahead_ms, stall_ms):
+    """A daemon with claim_ahead = ahead_ms and one post due after it has started, with every
+    disk sync stalled by stall_ms from before the claim on. Returns env, the stall's flag file,
+    the due time, the post id and the daemon."""
+    env, flag = slow_disk_env(ctx, ahead_ms)
+    T = next_second(ahead_ms / 1000 + 4 * SCALE)
+    env.write_plan([Event("s", T, "claimed on a slow disk", ["a"])])
+    d = env.start()
+    with open(flag, "w") as f:
+        f.write(str(stall_ms))
+    assert time.time() < T - ahead_ms / 1000, "the test was too slow to stall the disk first"
+    return env, flag, T, env.pid("s"), d
+
+
 def test_slow_claim_sync_is_logged_and_claim_ahead_absorbs_it(ctx):
     """README "Exactly once": claims are saved claim_ahead before the due time, so that a slow
     disk cannot delay the post. A disk sync stalled past claim_ahead makes the post late, and the
@@ -477,14 +491,7 @@ def test_slow_claim_sync_is_logged_and_claim_ahead_absorbs_it(ctx):
     slow build can wake that much late."""
     ahead = round(1000 * SCALE)
     stall = ahead + 1000  # ms: the claim's sync ends at least 1 s after the due time
-    env, flag = slow_disk_env(ctx, ahead)
-    T = next_second(ahead / 1000 + 4 * SCALE)
-    env.write_plan([Event("s1", T, "claimed on a slow disk", ["a"])])
-    pid = env.pid("s1")
-    d = env.start()
-    with open(flag, "w") as f:
-        f.write(str(stall))
-    assert time.time() < T - ahead / 1000, "the test was too slow to stall the disk first"
+    env, flag, T, pid, d = one_post_on_a_stalled_disk(ctx, ahead, stall)
     d.wait_log("leaves", 30)
     os.unlink(flag)
     assert final_state(env, pid) == "sent", env.states()
@@ -501,14 +508,7 @@ def test_slow_claim_sync_is_logged_and_claim_ahead_absorbs_it(ctx):
     # claim_ahead longer than the stall by 1.5 s x scale, the same stall from before the claim
     # until the post is sent: on time, nothing logged.
     ahead = stall + round(1500 * SCALE)
-    env, flag = slow_disk_env(ctx, ahead)
-    T = next_second(ahead / 1000 + 4 * SCALE)
-    env.write_plan([Event("s2", T, "claimed early on a slow disk", ["a"])])
-    pid = env.pid("s2")
-    d = env.start()
-    with open(flag, "w") as f:
-        f.write(str(stall))
-    assert time.time() < T - ahead / 1000, "the test was too slow to stall the disk first"
+    env, flag, T, pid, d = one_post_on_a_stalled_disk(ctx, ahead, stall)
     assert final_state(env, pid) == "sent", env.states()
     os.unlink(flag)
     reqs = assert_sent_once_with_one_key(env, pid, "early claim")

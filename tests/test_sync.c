@@ -539,16 +539,21 @@ static void start_rejects_bad_arguments(void **state) {
 
 /* ---- remote sources ------------------------------------------------------------------------- */
 
+/* Replaces the test server's queue of responses with script (testserver.py), and frees it. */
+static void serve_script(struct fixture *f, json_t *script) {
+  assert_non_null(script);
+  char *text = json_dumps(script, JSON_COMPACT);
+  testserver_script(&f->ts, text);
+  free(text);
+  json_decref(script);
+}
+
 /* Queues one response: status, headers (a JSON object text, or NULL), body. */
 static void serve(struct fixture *f, int status, const char *headers, const char *body) {
   json_error_t jerr;
   json_t *h = headers ? json_loads(headers, 0, &jerr) : json_object();
   assert_non_null(h);
-  json_t *script = json_pack("[{s:i, s:o, s:s}]", "status", status, "headers", h, "body", body);
-  char *text = json_dumps(script, JSON_COMPACT);
-  testserver_script(&f->ts, text);
-  free(text);
-  json_decref(script);
+  serve_script(f, json_pack("[{s:i, s:o, s:s}]", "status", status, "headers", h, "body", body));
 }
 
 static json_t *last_request(struct fixture *f) {
@@ -646,10 +651,7 @@ static void remote_polls_on_the_interval(void **state) {
    * made up for as soon as it ends (that would start the next fetch sooner than the interval). */
   json_t *script = json_pack("[{s:i, s:{s:s}, s:s, s:f}, {s:i, s:b}]", "status", 200, "headers",
                              "ETag", "\"e\"", "body", v1, "delay", 0.3, "status", 304, "repeat", 1);
-  char *text = json_dumps(script, JSON_COMPACT);
-  testserver_script(&f->ts, text);
-  free(text);
-  json_decref(script);
+  serve_script(f, script);
   f->opts.poll_interval_ms = 200;
   start(f, "remote", url);
   /* Polls start an interval apart on the loop's clock: each start seen is compared with the one
@@ -694,10 +696,7 @@ static void remote_refresh_while_in_flight_fetches_again(void **state) {
   json_t *script = json_pack("[{s:i, s:{s:s}, s:s, s:f}, {s:i, s:{s:s}, s:s}]", "status", 200,
                              "headers", "ETag", "\"v1\"", "body", v1, "delay", 0.5, "status", 200,
                              "headers", "ETag", "\"v2\"", "body", v2);
-  char *text = json_dumps(script, JSON_COMPACT);
-  testserver_script(&f->ts, text);
-  free(text);
-  json_decref(script);
+  serve_script(f, script);
   f->opts.poll_interval_ms = 3600 * 1000;
   start(f, "remote", url);
   for (int n = 0; n < 1000 && info_of(f, url).starts < 1; n++)
